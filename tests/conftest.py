@@ -1,0 +1,35 @@
+"""Shared test set-up: no network, a throw-away store, the repository root at hand."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+
+# Every child process (papermill kernels too) imports tests/netguard/sitecustomize.py first.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
+os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                  MPLBACKEND="Agg", TQDM_MININTERVAL="5")
+sys.path.insert(0, str(NETGUARD))
+import sitecustomize  # noqa: E402,F401  (the guard, in this process too)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    """An empty cache/checkpoint store for one test (so tests never touch data/store)."""
+    path = tmp_path / "store"
+    monkeypatch.setenv("WORKBOOK_STORE", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _results_in_tmp(tmp_path, monkeypatch):
+    """Keep results files written by helpers in the test's own folder."""
+    monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "test.results.json"))
+    import helpers.results as results
+    monkeypatch.setattr(results, "_current", None)
