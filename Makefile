@@ -1,0 +1,40 @@
+# The workbook's commands. Each creates .venv on first use (Python 3.11+ and make are all you need).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+READY  := $(VENV)/.installed
+KERNEL := pretrain-finetune
+PROFILE ?= quick
+ARGS   ?=
+
+.PHONY: run test lab bench clean venv
+
+venv: $(READY)
+
+$(READY): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (pretrain-finetune workbook)" >/dev/null
+	@touch $(READY)
+
+## run: execute every notebook in the quick profile into runs/<timestamp>/ and write the report
+run: $(READY)
+	$(PY) -m helpers.run --profile $(PROFILE) $(ARGS)
+
+## test: unit tests, every notebook in smoke, nbval, and the quick-profile claim checks
+test: $(READY)
+	$(PY) -m pytest $(ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$status
+
+## lab: JupyterLab on notebooks/ with the workbook's kernel
+lab: $(READY)
+	$(VENV)/bin/jupyter lab notebooks/
+
+## bench: training-loop throughput vs a bare loop and the matmul peak
+bench: $(READY)
+	$(PY) -m helpers.bench $(ARGS)
+
+## clean: remove generated data, checkpoints and runs (never sources, never .venv)
+clean:
+	rm -rf runs data/store data/torchvision .pytest_cache
+	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
