@@ -74,8 +74,7 @@ def tiny_gpt(vocab_size: int, n_positions: int = 128, n_embd: int = 64, n_layer:
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
                         n_layer=n_layer, n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout,
-                        attn_pdrop=dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
-                        pad_token_id=eos_token_id)
+                        attn_pdrop=dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     return GPT2LMHeadModel(config, attn_implementation=attn_implementation) \
         if _accepts_attn_impl() else GPT2LMHeadModel(config)
 

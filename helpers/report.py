@@ -1,0 +1,346 @@
+"""Render a batch (``batch.json`` + each run's ``*.results.json``) as ``summary.md`` and ``report.html``.
+
+The HTML report is one self-contained file: figures are embedded as base64 PNG, tables are HTML
+tables, CSS is inline. It shows, for the whole batch: status and time of every notebook run, every
+claim with its verdict and evidence, metrics (side by side across sweep points), recorded tables and
+figures, errors of failed runs, the profile and parameters used, and the environment.
+
+A claim's verdict is one of:
+
+* ``pass`` -- it holds (asserted: the profile is ``quick`` or ``full``);
+* ``FAIL`` -- it does not hold in an asserted profile (the notebook failed on it);
+* ``reported only: holds`` / ``reported only: does not hold`` -- ``smoke`` runs too little to assert.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .checkpoints import atomic_write_bytes
+
+
+def load_results(out: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The results a run recorded, or ``None`` when it recorded nothing (or the file is unreadable)."""
+    path = out / run["results"]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def claim_verdict(claim: Mapping[str, Any]) -> str:
+    """``pass``, ``FAIL``, ``reported only: holds`` or ``reported only: does not hold``."""
+    if claim.get("asserted"):
+        return "pass" if claim.get("holds") else "FAIL"
+    return "reported only: " + ("holds" if claim.get("holds") else "does not hold")
+
+
+def fmt(value: Any) -> str:
+    """Numbers to 4 significant digits, containers as compact JSON, ``None`` as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str, separators=(", ", ": "))
+    return str(value)
+
+
+def fmt_evidence(evidence: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in (evidence or {}).items())
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _claim_counts(results: Mapping[str, Any] | None) -> dict[str, int]:
+    counts = {"pass": 0, "fail": 0, "reported": 0}
+    for claim in (results or {}).get("claims", []):
+        verdict = claim_verdict(claim)
+        counts["pass" if verdict == "pass" else "fail" if verdict == "FAIL" else "reported"] += 1
+    return counts
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    parts = [f"{counts['pass']} pass"] if counts["pass"] else []
+    if counts["fail"]:
+        parts.append(f"{counts['fail']} FAIL")
+    if counts["reported"]:
+        parts.append(f"{counts['reported']} reported only")
+    return ", ".join(parts) or "none"
+
+
+def _point_text(point: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in point.items())
+
+
+def _scalar_metrics(results: Mapping[str, Any] | None) -> dict[str, Any]:
+    metrics = (results or {}).get("metrics", {})
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+
+
+def _sweep_groups(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run["notebook"], []).append(run)
+    return {name: group for name, group in groups.items() if len(group) > 1}
+
+
+# --------------------------------------------------------------------------------------------
+# markdown
+# --------------------------------------------------------------------------------------------
+
+def _md_cell(value: Any) -> str:
+    return fmt(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_md_cell(c) for c in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, Any] | None]) -> str:
+    runs = batch["runs"]
+    failed = [r for r in runs if r["status"] == "failed"]
+    ok = sum(r["status"] == "ok" for r in runs)
+    lines = [f"# Workbook batch: {Path(batch['out']).name}", "",
+             f"- command: `{batch['command']}`",
+             f"- profile: **{batch['profile']}**; parameters: {_point_text(batch['params']) or 'profile defaults'}"
+             + (f"; sweep: {_point_text(batch['sweep'])}" if batch["sweep"] else ""),
+             f"- {len(runs)} notebook runs: {ok} ok, {len(failed)} failed"
+             + (", interrupted" if batch.get("interrupted") else "")
+             + f"; total {_seconds(batch.get('wall_s'))}",
+             f"- started {batch['started']}, finished {batch.get('finished') or '-'}", ""]
+    if failed:
+        lines += ["## Failed", ""]
+        lines += [f"- **{r['name']}**: {r['error']['name']}: {r['error']['message']} "
+                  f"([executed notebook]({r['output']}))" for r in failed]
+        lines.append("")
+
+    lines += ["## Runs", ""]
+    lines += _md_table(
+        ["run", "status", "time", "peak memory (MB)", "claims", "notebook"],
+        [[r["name"], r["status"], _seconds(r.get("wall_s")), r.get("peak_rss_mb"),
+          _counts_text(_claim_counts(results.get(r["name"]))), f"[{r['output']}]({r['output']})"]
+         for r in runs])
+
+    claims = [(r["name"], c) for r in runs for c in (results.get(r["name"]) or {}).get("claims", [])]
+    lines += ["## Claims", ""]
+    if claims:
+        lines += _md_table(["run", "claim", "verdict", "evidence"],
+                           [[name, c["name"], claim_verdict(c), fmt_evidence(c.get("evidence"))]
+                            for name, c in claims])
+    else:
+        lines += ["No claims recorded.", ""]
+
+    for notebook, group in _sweep_groups(runs).items():
+        names = list(dict.fromkeys(k for r in group for k in _scalar_metrics(results.get(r["name"]))))
+        if names:
+            lines += [f"## Sweep: {notebook}", ""]
+            lines += _md_table(["point", *names],
+                               [[_point_text(r["point"]),
+                                 *(_scalar_metrics(results.get(r["name"])).get(n) for n in names)]
+                                for r in group])
+
+    lines += ["## Metrics per run", ""]
+    for run in runs:
+        res = results.get(run["name"]) or {}
+        lines += [f"### {run['name']} ({run['status']}, {_seconds(run.get('wall_s'))})", ""]
+        if res.get("metrics"):
+            lines += _md_table(["metric", "value"], list(res["metrics"].items()))
+        for table_name, table in res.get("tables", {}).items():
+            lines += [f"Table *{table_name}*:", ""] + _md_table(table["columns"], table["rows"])
+        lines += [f"![{name}]({path})" for name, path in res.get("figures", {}).items()]
+        if res.get("figures"):
+            lines.append("")
+        if run.get("error"):
+            lines += [f"Error: `{run['error']['name']}: {run['error']['message'][:300]}`", ""]
+        if not res:
+            lines += ["(no results recorded)", ""]
+
+    lines += ["## Environment", ""]
+    lines += _md_table(["", ""], list(batch.get("environment", {}).items()))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# html
+# --------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
+h3{margin-top:1.4em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok,.pass{color:#1a7f37;font-weight:600}.failed,.FAIL{color:#c62828;font-weight:700}
+.reported{color:#777}.skipped,.pending{color:#996800}
+pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;overflow-x:auto;font-size:.85em}
+.box{border-left:4px solid #c62828;background:#fff4f4;padding:.4em 1em}
+img{max-width:100%;border:1px solid #eee;margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
+.muted{color:#666;font-size:.9em}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(fmt(value))
+
+
+def _html_table(columns: Sequence[str], rows: Iterable[Sequence[Any]],
+                raw: Sequence[int] = ()) -> str:
+    """An HTML table; cells in columns listed in ``raw`` are inserted as (already safe) HTML."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for i, cell in enumerate(row):
+            if i in raw:
+                cells.append(f"<td>{cell}</td>")
+            else:
+                num = isinstance(cell, (int, float)) and not isinstance(cell, bool)
+                cells.append(f"<td class=\"num\">{_e(cell)}</td>" if num else f"<td>{_e(cell)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _verdict_html(verdict: str) -> str:
+    css = verdict if verdict in ("pass", "FAIL") else "reported"
+    return f"<span class=\"{css}\">{html.escape(verdict)}</span>"
+
+
+def _status_html(status: str) -> str:
+    return f"<span class=\"{html.escape(status)}\">{html.escape(status)}</span>"
+
+
+def _anchor(name: str) -> str:
+    return "run-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+def _figure_html(out: Path, name: str, relative: str) -> str:
+    path = out / relative
+    try:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+    except OSError:
+        return f"<p class=\"muted\">figure {html.escape(name)}: {html.escape(relative)} is missing</p>"
+    return (f"<figure><img alt=\"{html.escape(name)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption class=\"muted\">{html.escape(name)}</figcaption></figure>")
+
+
+def render_html(out: Path, batch: Mapping[str, Any],
+                results: Mapping[str, dict[str, Any] | None]) -> str:
+    runs = batch["runs"]
+    failed = [r for r in runs if r["status"] == "failed"]
+    ok = sum(r["status"] == "ok" for r in runs)
+    title = f"Workbook batch {Path(batch['out']).name}"
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p><b>{len(runs)}</b> notebook runs: <span class=\"ok\">{ok} ok</span>, "
+             f"<span class=\"{'failed' if failed else 'muted'}\">{len(failed)} failed</span>"
+             + (", <span class=\"failed\">interrupted</span>" if batch.get("interrupted") else "")
+             + f"; total time {html.escape(_seconds(batch.get('wall_s')))}; "
+               f"started {html.escape(batch['started'])}, finished {html.escape(batch.get('finished') or '-')}.</p>",
+             _html_table(["", ""], [
+                 ["command", f"<code>{html.escape(batch['command'])}</code>"],
+                 ["profile", f"<b>{html.escape(batch['profile'])}</b>"],
+                 ["parameters (-p)", html.escape(_point_text(batch["params"]) or "profile defaults")],
+                 ["sweep", html.escape(_point_text(batch["sweep"]) or "none")],
+                 ["cell timeout", html.escape(f"{batch['timeout_s']:g} s" if batch.get("timeout_s") else "none")],
+             ], raw=(1,))]
+    if failed:
+        items = "".join(
+            f"<li><a href=\"#{_anchor(r['name'])}\">{html.escape(r['name'])}</a>: "
+            f"<b>{html.escape(r['error']['name'])}</b>: {html.escape(r['error']['message'][:300])}</li>"
+            for r in failed)
+        parts.append(f"<div class=\"box\"><b>Failed</b><ul>{items}</ul></div>")
+
+    parts.append("<h2>Runs</h2>")
+    parts.append(_html_table(
+        ["run", "status", "time", "peak memory (MB)", "claims", "metrics", "executed notebook"],
+        [[f"<a href=\"#{_anchor(r['name'])}\">{html.escape(r['name'])}</a>", _status_html(r["status"]),
+          html.escape(_seconds(r.get("wall_s"))), _e(r.get("peak_rss_mb")),
+          html.escape(_counts_text(_claim_counts(results.get(r["name"])))),
+          len((results.get(r["name"]) or {}).get("metrics", {})),
+          f"<a href=\"{html.escape(r['output'])}\">{html.escape(r['output'])}</a>"]
+         for r in runs], raw=(0, 1, 2, 3, 4, 6)))
+
+    claims = [(r["name"], c) for r in runs for c in (results.get(r["name"]) or {}).get("claims", [])]
+    parts.append("<h2>Claims</h2>")
+    parts.append(_html_table(["run", "claim", "verdict", "evidence"],
+                             [[name, c["name"], _verdict_html(claim_verdict(c)),
+                               fmt_evidence(c.get("evidence"))] for name, c in claims], raw=(2,))
+                 if claims else "<p class=\"muted\">No claims recorded.</p>")
+
+    for notebook, group in _sweep_groups(runs).items():
+        names = list(dict.fromkeys(k for r in group for k in _scalar_metrics(results.get(r["name"]))))
+        if names:
+            parts.append(f"<h2>Sweep: {html.escape(notebook)}</h2>")
+            parts.append(_html_table(["point", *names],
+                                     [[_point_text(r["point"]),
+                                       *(_scalar_metrics(results.get(r["name"])).get(n) for n in names)]
+                                      for r in group]))
+
+    parts.append("<h2>Notebook runs</h2>")
+    for run in runs:
+        res = results.get(run["name"]) or {}
+        parts.append(f"<h3 id=\"{_anchor(run['name'])}\">{html.escape(run['name'])} "
+                     f"({_status_html(run['status'])}, {html.escape(_seconds(run.get('wall_s')))})</h3>")
+        parts.append(f"<p class=\"muted\">input {html.escape(run['input'])}; injected parameters: "
+                     f"<code>{html.escape(fmt(run['parameters']))}</code></p>")
+        if run.get("error"):
+            err = run["error"]
+            parts.append(f"<div class=\"box\"><b>{html.escape(err['name'])}</b>: "
+                         f"{html.escape(err['message'])}"
+                         + (f" (cell [{err['cell']}])" if err.get("cell") is not None else "")
+                         + f"<details><summary>traceback</summary><pre>{html.escape(err['traceback'])}"
+                           f"</pre></details></div>")
+        if res.get("params"):
+            parts.append("<details><summary>resolved parameters "
+                         f"(profile {html.escape(str(res.get('profile')))})</summary>"
+                         + _html_table(["parameter", "value"], list(res["params"].items()))
+                         + "</details>")
+        if res.get("metrics"):
+            parts.append(_html_table(["metric", "value"], list(res["metrics"].items())))
+        res_claims = res.get("claims", [])
+        if res_claims:
+            parts.append(_html_table(["claim", "verdict", "evidence"],
+                                     [[c["name"], _verdict_html(claim_verdict(c)),
+                                       fmt_evidence(c.get("evidence"))] for c in res_claims], raw=(1,)))
+        for table_name, table in res.get("tables", {}).items():
+            parts.append(f"<p><b>{html.escape(table_name)}</b></p>")
+            parts.append(_html_table(table.get("columns", []), table.get("rows", [])))
+        for name, relative in res.get("figures", {}).items():
+            parts.append(_figure_html(out, name, relative))
+        if run.get("slowest_cells"):
+            parts.append("<p class=\"muted\">slowest cells: " + "; ".join(
+                f"[{c['cell']}] {c['seconds']:.1f} s <code>{html.escape(c['source'])}</code>"
+                for c in run["slowest_cells"]) + "</p>")
+        if not res:
+            parts.append("<p class=\"muted\">No results recorded.</p>")
+
+    parts.append("<h2>Environment</h2>")
+    parts.append(_html_table(["", ""], list(batch.get("environment", {}).items())))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_reports(out: Path, batch: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``summary.md`` and ``report.html`` into ``out``; return their paths."""
+    results = {run["name"]: load_results(out, run) for run in batch["runs"]}
+    summary, report = out / "summary.md", out / "report.html"
+    atomic_write_bytes(summary, render_markdown(batch, results).encode("utf-8"))
+    atomic_write_bytes(report, render_html(out, batch, results).encode("utf-8"))
+    return summary, report

@@ -1,0 +1,68 @@
+"""House rules: clean notebooks, a parameters cell each, dependencies declared once, CI = README."""
+
+import json
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _tracked(pattern: str) -> list[str]:
+    out = subprocess.run(["git", "ls-files", pattern], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+def test_notebooks_have_no_outputs_and_a_parameters_cell():
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        dirty = [i for i, c in enumerate(code) if c.get("outputs") or c.get("execution_count")]
+        assert not dirty, f"{path.name}: code cells {dirty} have outputs; clear them before committing"
+        tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters'"
+        assert "PROFILE" in "".join(tagged[0]["source"]), f"{path.name}: parameters cell lacks PROFILE"
+
+
+def _requirement_names(reqs):
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower(): r.replace(" ", "") for r in reqs}
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda_pkgs = [d for d in env["dependencies"] if isinstance(d, str)]
+    assert "python=3.11" in conda_pkgs and "pip" in conda_pkgs
+    assert "conda-forge" in env["channels"]
+    assert "-e ." in pip_section
+    assert _requirement_names([p for p in pip_section if p != "-e ."]) == _requirement_names(declared)
+
+
+def test_dependencies_are_lower_bounds_without_cpu_builds():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        assert "==" not in req and "+cpu" not in req, req
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make run" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test\s*$", ci, re.M)
+
+
+def test_no_generated_artifacts_tracked():
+    tracked = _tracked("*")
+    bad = [p for p in tracked if p.endswith((".safetensors", ".pt", ".pth", ".results.json"))
+           or p.startswith(("runs/", "data/store/"))]
+    assert not bad, bad

@@ -1,0 +1,133 @@
+import pytest
+import torch
+
+from helpers.models import SmallResNet, count_parameters, new_head, set_trainable, tiny_gpt
+from helpers.train import evaluate, make_schedule, train
+
+
+def _images(n=256, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    images = torch.rand(n, 1, 12, 12, generator=g) * 0.3
+    for c in range(classes):  # a learnable signal: a bright square whose place is the class
+        images[labels == c, :, c * 3:c * 3 + 3, 2:6] += 0.7
+    return images, labels
+
+
+def _run(**kw):
+    torch.manual_seed(1)
+    model = SmallResNet(4, width=4, stages=2, dropout=0.1)
+    data = _images()
+    history = train(model, data, _images(64, seed=1), epochs=2, batch_size=32, lr=3e-3,
+                    progress=False, **kw)
+    return model, history
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_training_learns_and_records_history():
+    model, history = _run()
+    frame = history.frame()
+    assert list(frame.index) == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"} <= set(frame.columns)
+    assert history.examples_seen == 2 * 256 and history.wall_time > 0
+
+
+def test_learns_a_simple_signal():
+    torch.manual_seed(0)
+    model = SmallResNet(4, width=8, stages=2)
+    history = train(model, _images(512), _images(128, seed=1), epochs=4, batch_size=32, lr=1e-2,
+                    progress=False)
+    assert history.last("val_acc") > 0.9, history.frame()
+
+
+def test_same_seed_same_weights():
+    a, ha = _run()
+    b, hb = _run()
+    assert _same(a, b) and ha.rows[-1]["val_loss"] == hb.rows[-1]["val_loss"]
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path):
+    reference, ref_history = _run()
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_mid_epoch(step):
+        if step == 11:  # epoch 2 of 2, mid-epoch, after the checkpoint at step 10
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        _run(checkpoint=tmp_path / "state.pt", checkpoint_every=5, on_step=stop_mid_epoch)
+    resumed, history = _run(checkpoint=tmp_path / "state.pt", checkpoint_every=5)
+    assert _same(reference, resumed)
+    assert [r["val_acc"] for r in history.rows] == [r["val_acc"] for r in ref_history.rows]
+
+
+def test_corrupt_training_checkpoint_is_not_used(tmp_path):
+    path = tmp_path / "state.pt"
+    _run(checkpoint=path, checkpoint_every=3)
+    path.write_bytes(path.read_bytes()[:100])
+    reference, _ = _run()
+    with pytest.warns(UserWarning, match="ignoring unusable training checkpoint"):
+        again, _ = _run(checkpoint=path)
+    assert _same(reference, again)
+
+
+def test_early_stopping_restores_best_weights():
+    torch.manual_seed(0)
+    model = SmallResNet(4, width=4, stages=2)
+    noisy_labels = torch.randint(0, 4, (64,))  # nothing to learn: validation won't improve for long
+    history = train(model, (_images(64)[0], noisy_labels), _images(64, seed=1), epochs=30,
+                    batch_size=16, lr=1e-2, patience=2, progress=False)
+    assert history.stopped_early and len(history.rows) < 30
+    best = history.best("val_acc")
+    assert evaluate(model, _images(64, seed=1))["acc"] == pytest.approx(best)
+
+
+def test_penalty_and_epoch_hook_plug_in():
+    seen = []
+    anchor = {n: p.detach().clone() for n, p in SmallResNet(4, width=4, stages=2).named_parameters()}
+
+    def pull_back(model):
+        return sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters()) * 1e-3
+
+    def probe(epoch, model, row):
+        row["probe"] = epoch * 10
+        seen.append(epoch)
+
+    _, history = _run(penalties=[pull_back], on_epoch_end=[probe])
+    assert seen == [1, 2] and history.frame()["probe"].tolist() == [10, 20]
+
+
+def test_language_model_training_reduces_perplexity():
+    torch.manual_seed(0)
+    pattern = torch.arange(16).repeat(40)  # a perfectly predictable sequence
+    blocks = torch.stack([pattern[i:i + 17] for i in range(0, 560, 8)])
+    model = tiny_gpt(16, n_positions=16, n_embd=32, n_layer=1, n_head=2)
+    before = evaluate(model, blocks, task="lm")["ppl"]
+    history = train(model, blocks, blocks[:8], task="lm", epochs=10, batch_size=16, lr=1e-2,
+                    progress=False)
+    assert history.last("val_ppl") < before / 4
+
+
+def test_bad_arguments_fail_before_training():
+    model = SmallResNet(4, width=4, stages=2)
+    with pytest.raises(ValueError, match="'lr'=-1"):
+        train(model, _images(8), lr=-1, progress=False)
+    with pytest.raises(ValueError, match="'task'='regress'"):
+        train(model, _images(8), task="regress", progress=False)
+    with pytest.raises(ValueError, match="'schedule'='step'"):
+        make_schedule(torch.optim.SGD(model.parameters(), lr=1), 10, "step")
+
+
+def test_freezing_and_heads():
+    model = SmallResNet(40, width=4, stages=2)
+    total = count_parameters(model)
+    set_trainable(model.backbone, False)
+    assert count_parameters(model, trainable_only=True) == model.head.weight.numel() + 40
+    new_head(model, 10)
+    assert model(torch.zeros(2, 1, 12, 12)).shape == (2, 10)
+    assert count_parameters(model) < total
