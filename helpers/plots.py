@@ -1,0 +1,48 @@
+"""Figures the notebooks share: image grids and training curves (matplotlib, nothing fancy)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def image_grid(images: torch.Tensor, labels: torch.Tensor | None = None,
+               names: Sequence[str] | None = None, n: int = 32, cols: int = 8, title: str | None = None):
+    """Show the first ``n`` images (``[N, C, H, W]`` in [0, 1]) with their labels as titles."""
+    n = min(n, len(images))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        image = images[i].detach().cpu()
+        ax.imshow(image.permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy(),
+                  cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+        if labels is not None:
+            label = int(labels[i])
+            ax.set_title(names[label] if names is not None else str(label), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves(frame, columns: Sequence[str], title: str | None = None, ylabel: str | None = None,
+           ax=None, label_prefix: str = ""):
+    """Plot history columns (one line each) against the epoch index of a history frame."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    for column in columns:
+        ax.plot(frame.index, frame[column], marker="o", label=f"{label_prefix}{column}")
+    ax.set_xlabel(frame.index.name or "epoch")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.figure.tight_layout()
+    return ax.figure
