@@ -98,6 +98,7 @@ def writing(kind: str, config: Mapping[str, Any]) -> Iterator[Path]:
     final = artifact_dir(kind, config)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    staging.chmod(0o755)  # mkdtemp makes it private; a shared store should stay readable
     try:
         yield staging
         files = {

@@ -128,12 +128,26 @@ def evaluate(model: nn.Module, data: Data, task: str = "classify", batch_size: i
         loss_sum += loss.float() * size
         correct += right
         count += size
-    model.train(was_training)
+    if was_training:
+        train_mode(model)
     loss = (loss_sum / max(count, 1)).item()
     metrics = {"loss": loss, "acc": correct.item() / max(count, 1)}
     if task == "lm":
         metrics["ppl"] = math.exp(min(loss, 50.0))
     return metrics
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except that frozen BatchNorm layers keep using their running statistics.
+
+    A frozen backbone must not drift: in train mode BatchNorm would overwrite the pretrained
+    running mean/variance with the new data's, even though no weight is updated.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.eval()
 
 
 # --- optimisation ----------------------------------------------------------------------------------
@@ -217,7 +231,8 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"'epochs'={epochs!r} and 'batch_size'={batch_size!r} must be >= 1")
     device = torch.device(device) if device else next(model.parameters()).device
-    model.to(device).train()
+    model.to(device)
+    train_mode(model)
     monitor = monitor or ("val_acc" if task == "classify" else "val_loss")
     higher_is_better = monitor.endswith("acc")
     if val_data is None and (patience is not None or monitor.startswith("val_")):
