@@ -68,6 +68,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results and caches are meant to be read
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()

@@ -23,6 +23,12 @@ from typing import Any, Iterable, Mapping, Sequence
 from .checkpoints import atomic_write_bytes
 
 
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (see :func:`helpers.checkpoints.atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def load_results(out: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
     """The results a run recorded, or ``None`` when it recorded nothing (or the file is unreadable)."""
     path = out / run["results"]
@@ -61,6 +67,11 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _flat(text: str, limit: int) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _claim_counts(results: Mapping[str, Any] | None) -> dict[str, int]:
@@ -119,13 +130,13 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
              f"- command: `{batch['command']}`",
              f"- profile: **{batch['profile']}**; parameters: {_point_text(batch['params']) or 'profile defaults'}"
              + (f"; sweep: {_point_text(batch['sweep'])}" if batch["sweep"] else ""),
-             f"- {len(runs)} notebook runs: {ok} ok, {len(failed)} failed"
+             f"- {len(runs)} notebook run{'s' if len(runs) != 1 else ''}: {ok} ok, {len(failed)} failed"
              + (", interrupted" if batch.get("interrupted") else "")
              + f"; total {_seconds(batch.get('wall_s'))}",
              f"- started {batch['started']}, finished {batch.get('finished') or '-'}", ""]
     if failed:
         lines += ["## Failed", ""]
-        lines += [f"- **{r['name']}**: {r['error']['name']}: {r['error']['message']} "
+        lines += [f"- **{r['name']}**: {r['error']['name']}: {_flat(r['error']['message'], 300)} "
                   f"([executed notebook]({r['output']}))" for r in failed]
         lines.append("")
 
@@ -166,7 +177,7 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
         if res.get("figures"):
             lines.append("")
         if run.get("error"):
-            lines += [f"Error: `{run['error']['name']}: {run['error']['message'][:300]}`", ""]
+            lines += [f"Error: `{run['error']['name']}: {_flat(run['error']['message'], 300)}`", ""]
         if not res:
             lines += ["(no results recorded)", ""]
 
@@ -187,7 +198,7 @@ h3{margin-top:1.4em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok,.pass{color:#1a7f37;font-weight:600}.failed,.FAIL{color:#c62828;font-weight:700}
-.reported{color:#777}.skipped,.pending{color:#996800}
+.reported{color:#777}.skipped,.pending,.interrupted{color:#996800}
 pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;overflow-x:auto;font-size:.85em}
 .box{border-left:4px solid #c62828;background:#fff4f4;padding:.4em 1em}
 img{max-width:100%;border:1px solid #eee;margin:.3em 0}code{background:#f3f3f3;padding:0 .2em}
@@ -248,7 +259,7 @@ def render_html(out: Path, batch: Mapping[str, Any],
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
-             f"<p><b>{len(runs)}</b> notebook runs: <span class=\"ok\">{ok} ok</span>, "
+             f"<p><b>{len(runs)}</b> notebook run{'s' if len(runs) != 1 else ''}: <span class=\"ok\">{ok} ok</span>, "
              f"<span class=\"{'failed' if failed else 'muted'}\">{len(failed)} failed</span>"
              + (", <span class=\"failed\">interrupted</span>" if batch.get("interrupted") else "")
              + f"; total time {html.escape(_seconds(batch.get('wall_s')))}; "
@@ -263,7 +274,7 @@ def render_html(out: Path, batch: Mapping[str, Any],
     if failed:
         items = "".join(
             f"<li><a href=\"#{_anchor(r['name'])}\">{html.escape(r['name'])}</a>: "
-            f"<b>{html.escape(r['error']['name'])}</b>: {html.escape(r['error']['message'][:300])}</li>"
+            f"<b>{html.escape(r['error']['name'])}</b>: {html.escape(_flat(r['error']['message'], 300))}</li>"
             for r in failed)
         parts.append(f"<div class=\"box\"><b>Failed</b><ul>{items}</ul></div>")
 
@@ -298,8 +309,10 @@ def render_html(out: Path, batch: Mapping[str, Any],
         res = results.get(run["name"]) or {}
         parts.append(f"<h3 id=\"{_anchor(run['name'])}\">{html.escape(run['name'])} "
                      f"({_status_html(run['status'])}, {html.escape(_seconds(run.get('wall_s')))})</h3>")
+        log = (f"; kernel log <a href=\"{html.escape(run['kernel_log'])}\">"
+               f"{html.escape(run['kernel_log'])}</a>" if run.get("kernel_log") else "")
         parts.append(f"<p class=\"muted\">input {html.escape(run['input'])}; injected parameters: "
-                     f"<code>{html.escape(fmt(run['parameters']))}</code></p>")
+                     f"<code>{html.escape(fmt(run['parameters']))}</code>{log}</p>")
         if run.get("error"):
             err = run["error"]
             parts.append(f"<div class=\"box\"><b>{html.escape(err['name'])}</b>: "
@@ -326,7 +339,7 @@ def render_html(out: Path, batch: Mapping[str, Any],
             parts.append(_figure_html(out, name, relative))
         if run.get("slowest_cells"):
             parts.append("<p class=\"muted\">slowest cells: " + "; ".join(
-                f"[{c['cell']}] {c['seconds']:.1f} s <code>{html.escape(c['source'])}</code>"
+                f"In [{c['cell']}] {c['seconds']:.1f} s <code>{html.escape(c['source'])}</code>"
                 for c in run["slowest_cells"]) + "</p>")
         if not res:
             parts.append("<p class=\"muted\">No results recorded.</p>")
@@ -341,6 +354,6 @@ def write_reports(out: Path, batch: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``summary.md`` and ``report.html`` into ``out``; return their paths."""
     results = {run["name"]: load_results(out, run) for run in batch["runs"]}
     summary, report = out / "summary.md", out / "report.html"
-    atomic_write_bytes(summary, render_markdown(batch, results).encode("utf-8"))
-    atomic_write_bytes(report, render_html(out, batch, results).encode("utf-8"))
+    write_text(summary, render_markdown(batch, results))
+    write_text(report, render_html(out, batch, results))
     return summary, report

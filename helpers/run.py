@@ -55,8 +55,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from . import config
-from .checkpoints import atomic_write_bytes, repo_root
+from . import config, report
+from .checkpoints import repo_root
 
 BATCH_SCHEMA = 1
 RESULTS_ENV = "WORKBOOK_RESULTS"
@@ -281,10 +281,11 @@ class Job:
     point: dict[str, Any]
     parameters: dict[str, Any]
     cwd: Path
-    status: str = "pending"  # pending | ok | failed | skipped
+    status: str = "pending"  # pending | ok | failed | interrupted | skipped (after an interrupt)
     wall_s: float | None = None
     peak_rss_mb: float | None = None
     error: dict[str, Any] | None = None
+    kernel_log: str | None = None  # relative to the out folder: what the kernel wrote to stderr
     slowest_cells: list[dict[str, Any]] = field(default_factory=list)
 
     def index(self, out: Path) -> dict[str, Any]:
@@ -401,6 +402,51 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
+@contextlib.contextmanager
+def _kernel_log(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path`` for the duration, so the kernel (which inherits it) logs
+    there instead of scribbling over the progress bar; an empty log is removed afterwards."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "wb") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
+
+
+def _terminal() -> Any:
+    """Where the progress bar goes: ``sys.stderr``, or a duplicate of fd 2 when ``sys.stderr`` *is*
+    fd 2 (so the bar stays on the terminal while fd 2 points at a kernel log)."""
+    try:
+        if sys.stderr.fileno() == 2:
+            return os.fdopen(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding or "utf-8",
+                             errors="replace")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return sys.stderr
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` with whitespace runs (newlines too) collapsed, cut to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 class PeakRss:
     """Sample the summed RSS of this process's child processes (the kernel) a few times a second.
 
@@ -464,18 +510,20 @@ def _error_info(err: BaseException) -> dict[str, Any]:
 
 
 def _slowest_cells(path: Path, n: int = 3) -> list[dict[str, Any]]:
-    """The ``n`` slowest cells of an executed notebook (papermill records each cell's duration)."""
+    """The ``n`` slowest code cells (of 0.05 s or more) of an executed notebook, by ``In [n]``
+    (papermill records each cell's duration in its metadata)."""
     try:
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
     except (OSError, ValueError, KeyError):
         return []
     timed = []
-    for index, cell in enumerate(cells):
+    for cell in cells:
         duration = (cell.get("metadata", {}).get("papermill") or {}).get("duration")
-        if isinstance(duration, (int, float)) and cell.get("cell_type") == "code":
+        if isinstance(duration, (int, float)) and duration >= 0.05 and cell.get("cell_type") == "code":
             source = "".join(cell.get("source", ""))
             first = next((line for line in source.splitlines() if line.strip()), "")
-            timed.append({"cell": index, "seconds": round(float(duration), 3), "source": first[:100]})
+            timed.append({"cell": cell.get("execution_count"), "seconds": round(float(duration), 3),
+                          "source": first[:100]})
     return sorted(timed, key=lambda c: -c["seconds"])[:n]
 
 
@@ -484,13 +532,17 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
     import papermill
 
     output = out / f"{job.name}.ipynb"
+    log = out / "logs" / f"{job.name}.log"
     started = time.perf_counter()
-    with _env(RESULTS_ENV, str(out / f"{job.name}.results.json")), PeakRss() as rss:
+    with _env(RESULTS_ENV, str(out / f"{job.name}.results.json")), _kernel_log(log), \
+            PeakRss() as rss:
         try:
             papermill.execute_notebook(
                 str(job.notebook), str(output), parameters=job.parameters, kernel_name="python3",
                 progress_bar=False, cwd=str(job.cwd), execution_timeout=timeout)
         except KeyboardInterrupt:
+            job.status = "interrupted"
+            job.wall_s = round(time.perf_counter() - started, 3)
             raise
         except Exception as err:  # PapermillExecutionError, CellTimeoutError, DeadKernelError...
             job.status, job.error = "failed", _error_info(err)
@@ -499,6 +551,7 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
     job.wall_s = round(time.perf_counter() - started, 3)
     job.peak_rss_mb = None if rss.peak_mb is None else round(rss.peak_mb, 1)
     job.slowest_cells = _slowest_cells(output)
+    job.kernel_log = os.path.relpath(log, out) if log.is_file() else None
     return job
 
 
@@ -532,15 +585,12 @@ def _shown(path: Path) -> str:
 def _write_index(plan: Plan, batch: dict[str, Any]) -> None:
     batch["runs"] = [job.index(plan.out) for job in plan.jobs]
     batch["failed"] = [job.name for job in plan.jobs if job.status == "failed"]
-    atomic_write_bytes(plan.out / "batch.json",
-                       json.dumps(batch, indent=2, default=str).encode("utf-8"))
+    report.write_text(plan.out / "batch.json", json.dumps(batch, indent=2, default=str))
 
 
 def run_plan(plan: Plan, argv: Sequence[str]) -> int:
     """Execute every job (continuing past failures), write ``batch.json`` and the report."""
     from tqdm.auto import tqdm
-
-    from . import report
 
     plan.out.mkdir(parents=True, exist_ok=True)
     batch: dict[str, Any] = {
@@ -553,13 +603,14 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
     _write_index(plan, batch)
     began = time.perf_counter()
     interrupted = False
-    bar = tqdm(plan.jobs, unit="notebook", file=sys.stderr, dynamic_ncols=True)
+    terminal = _terminal()
+    bar = tqdm(plan.jobs, unit="notebook", file=terminal, dynamic_ncols=True)
     try:
         for job in bar:
             bar.set_description(job.name)
             execute(job, plan.out, plan.timeout)
             verdict = "ok" if job.status == "ok" else \
-                f"FAILED ({job.error['name']}: {job.error['message'][:120]})"  # type: ignore[index]
+                f"FAILED ({job.error['name']}: {one_line(job.error['message'], 120)})"  # type: ignore[index]
             bar.write(f"{job.name}: {verdict} in {job.wall_s:.1f} s")
             _write_index(plan, batch)
     except KeyboardInterrupt:
@@ -569,6 +620,8 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
                 job.status = "skipped"
     finally:
         bar.close()
+        if terminal is not sys.stderr:
+            terminal.close()
     batch.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), interrupted=interrupted,
                  wall_s=round(time.perf_counter() - began, 3))
     _write_index(plan, batch)
@@ -582,7 +635,7 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
         print(f"FAILED: {len(failed)} of {len(plan.jobs)} notebook runs:")
         for job in failed:
             assert job.error is not None
-            print(f"  {job.name}: {job.error['name']}: {job.error['message'][:200]} "
+            print(f"  {job.name}: {job.error['name']}: {one_line(job.error['message'])} "
                   f"-> {_shown(plan.out / (job.name + '.ipynb'))}")
     if interrupted:
         print("interrupted: the report covers the notebooks that finished", file=sys.stderr)

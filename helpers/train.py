@@ -171,9 +171,14 @@ def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, schedule: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def default_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def default_param_groups(model: nn.Module, lr: float, weight_decay: float,
+                         include_frozen: bool = False) -> list[dict[str, Any]]:
+    """Trainable parameters; no weight decay on biases and norm weights (1-D tensors).
+
+    ``include_frozen`` also hands frozen parameters to the optimizer (they are skipped while they
+    have no gradient), for strategies that unfreeze layers during training.
+    """
+    params = [p for p in model.parameters() if p.requires_grad or include_frozen]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     return [g for g in ({"params": decay, "lr": lr, "weight_decay": weight_decay},
