@@ -46,3 +46,30 @@ def curves(frame, columns: Sequence[str], title: str | None = None, ylabel: str 
     ax.legend()
     ax.figure.tight_layout()
     return ax.figure
+
+
+def mean_std_lines(table, x: str, y: str, hue: str, title: str | None = None, ylabel: str | None = None,
+                   logx: bool = False, ax=None):
+    """One line per ``hue`` value: the mean of ``y`` against ``x`` with a ±1 std band.
+
+    ``table`` has one row per (hue, x) with ``<y>_mean`` and ``<y>_std`` columns (see
+    :func:`helpers.vision.mean_std`), as a frame indexed by (hue, x) or with those columns.
+    """
+    frame = table.reset_index() if hue not in table.columns else table
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    for name, part in frame.groupby(hue, sort=False):
+        part = part.sort_values(x)
+        mean, std = part[f"{y}_mean"], part[f"{y}_std"].fillna(0)
+        ax.plot(part[x], mean, marker="o", label=str(name))
+        ax.fill_between(part[x], mean - std, mean + std, alpha=0.15)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure

