@@ -1,8 +1,10 @@
 """One training loop for every experiment in the workbook.
 
 ``train(model, train_data, val_data, ...)`` trains a classifier (``task="classify"``: data is
-``(images, labels)``) or a language model (``task="lm"``: data is a LongTensor of token blocks
-``[N, seq_len + 1]``) and returns a :class:`History` with one row per epoch.
+``(inputs, labels)``; labels ``[N]``, or ``[N, T]`` with one label per token and ``IGNORE`` where
+there is nothing to predict, as in masked language modelling) or a language model
+(``task="lm"``: data is a LongTensor of token blocks ``[N, seq_len + 1]``) and returns a
+:class:`History` with one row per epoch.
 
 What it does for you, so notebooks stay short:
 
@@ -43,6 +45,7 @@ Penalty = Callable[[nn.Module], torch.Tensor]
 EpochHook = Callable[[int, nn.Module, dict[str, Any]], None]
 SCHEDULES = ("constant", "cosine", "linear")
 TASKS = ("classify", "lm")
+IGNORE = -100  # a token label that is not scored (PyTorch's and transformers' convention)
 
 
 @dataclass
@@ -96,6 +99,12 @@ def batch_loss(model: nn.Module, batch: Data, task: str) -> tuple[torch.Tensor, 
         return loss, correct, targets.numel()
     inputs, labels = batch
     logits = _forward(model, inputs)
+    if labels.dim() > 1:  # one label per token (masked LM, tagging); IGNORE marks unlabelled tokens
+        logits, labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
+        labelled = labels != IGNORE
+        size = int(labelled.sum())  # varies per batch; a batch without labels adds nothing
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / max(size, 1)
+        return loss, (labelled & (logits.argmax(-1) == labels)).sum(), size
     loss = F.cross_entropy(logits.float(), labels)
     return loss, (logits.argmax(-1) == labels).sum(), labels.numel()
 
@@ -218,6 +227,8 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
           bf16: bool = False, device: torch.device | str | None = None, seed: int = 0,
           patience: int | None = None, monitor: str | None = None,
           penalties: Sequence[Penalty] = (), on_epoch_end: Sequence[EpochHook] = (),
+          augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          loss_fn: Callable[[nn.Module, Data, str], tuple[torch.Tensor, torch.Tensor, int]] | None = None,
           on_step: Callable[[int], None] | None = None,
           checkpoint: str | Path | None = None, checkpoint_every: int = 200,
           progress: bool = True, desc: str = "train") -> History:
@@ -227,7 +238,10 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
     ``val_acc`` for classify, ``val_loss`` for lm) and restore the best weights.
     ``param_groups``: optimizer groups (e.g. discriminative learning rates); default: every
     trainable parameter at ``lr``. ``on_step(global_step)`` is called after each step (tests use it
-    to simulate an interruption).
+    to simulate an interruption). ``augment(inputs)`` transforms each training batch's inputs (data
+    augmentation; it may use torch's global RNG, which checkpoints save). ``loss_fn(model, batch,
+    task)`` replaces the default cross-entropy (class weights, focal loss, ...) and returns
+    ``(mean loss, correct predictions, batch size)`` like :func:`batch_loss`.
     """
     if task not in TASKS:
         raise ValueError(f"parameter 'task'={task!r} is not allowed: expected one of {TASKS}")
@@ -291,8 +305,10 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
             epoch_clock = time.perf_counter()
             for step in range(start_step if epoch == start_epoch else 0, steps_per_epoch):
                 batch = _take(train_data, order[step * batch_size:(step + 1) * batch_size], device)
+                if augment is not None:
+                    batch = (augment(batch[0]), *batch[1:]) if isinstance(batch, tuple) else augment(batch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss, correct, size = batch_loss(model, batch, task)
+                    loss, correct, size = (loss_fn or batch_loss)(model, batch, task)
                     total = loss + sum((p(model) for p in penalties), torch.zeros((), device=device))
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()

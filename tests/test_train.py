@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers.models import SmallResNet, count_parameters, new_head, set_trainable, tiny_gpt
 from helpers.train import evaluate, make_schedule, train
@@ -131,3 +132,47 @@ def test_freezing_and_heads():
     new_head(model, 10)
     assert model(torch.zeros(2, 1, 12, 12)).shape == (2, 10)
     assert count_parameters(model) < total
+
+
+def test_token_level_labels_score_only_labelled_tokens():
+    """Labels [N, T] (masked LM, tagging): IGNORE tokens add nothing to the loss, accuracy or count."""
+    from helpers.train import IGNORE, batch_loss
+
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 8, (64, 6))
+    labels = torch.full_like(tokens, IGNORE)
+    labels[:, ::3] = tokens[:, ::3]  # every third token is labelled: predict the token itself
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 16), torch.nn.Linear(16, 8))
+    loss, correct, size = batch_loss(model, (tokens, labels), "classify")
+    logits = model(tokens)[:, ::3].reshape(-1, 8)
+    assert size == 64 * 2 and torch.allclose(loss, F.cross_entropy(logits, tokens[:, ::3].reshape(-1)))
+    assert int(correct) == int((logits.argmax(-1) == tokens[:, ::3].reshape(-1)).sum())
+    empty = torch.full_like(tokens, IGNORE)
+    loss, correct, size = batch_loss(model, (tokens, empty), "classify")
+    assert size == 0 and loss.item() == 0 and int(correct) == 0
+    history = train(model, (tokens, labels), (tokens, labels), epochs=20, batch_size=16, lr=3e-2,
+                    progress=False)
+    assert history.examples_seen == 20 * 128 and history.last("val_acc") > 0.95
+
+
+def test_augment_and_custom_loss_plug_in():
+    seen = []
+
+    def flip(inputs):
+        seen.append(inputs.shape[0])
+        return inputs.flip(-1)
+
+    def weighted(model, batch, task):
+        logits = model(batch[0])
+        loss = torch.nn.functional.cross_entropy(logits, batch[1], weight=torch.tensor([1.0, 2.0, 1.0, 1.0]))
+        return loss, (logits.argmax(-1) == batch[1]).sum(), len(batch[1])
+
+    _, history = _run(augment=flip, loss_fn=weighted)
+    assert sum(seen) == 2 * 256 and len(history.rows) == 2
+
+
+def test_vision_augment_keeps_shape_and_range():
+    from helpers.vision import augment
+    images = torch.rand(5, 1, 28, 28)
+    out = augment(images)
+    assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1 and not torch.equal(out, images)
