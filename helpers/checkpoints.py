@@ -8,6 +8,10 @@ holding the artefact files and a ``manifest.json`` with that config and the sha2
   so an interrupted run leaves either the old artefact or none, never half of one.
 * Loads are verified: a missing file, a changed byte or a config that does not match raises
   :class:`CorruptArtifact`; :func:`cached` and :func:`load_or_train` then rebuild instead of using it.
+* Builds are locked: two processes that need the same missing artefact (two notebooks run in
+  parallel by ``python -m helpers.run --jobs 2``) do not both build it. The first holds
+  ``<store>/.locks/<kind>/<hash>.lock`` while it builds; the second waits, then loads what the
+  first made (see :func:`build_lock`).
 
 Typical use (this is what lets every notebook run on its own)::
 
@@ -29,6 +33,11 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; builds are then not serialised across processes
+    fcntl = None  # type: ignore[assignment]
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -142,24 +151,76 @@ def verify(kind: str, config: Mapping[str, Any]) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def build_lock(kind: str, config: Mapping[str, Any], *, verbose: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``<store>/.locks/<kind>/<hash>.lock`` for the duration of the block.
+
+    Whoever builds an artefact holds its lock; a second process asking for the same artefact waits
+    here (saying so when ``verbose``) and, once it has the lock, should look again before building:
+    :func:`cached` and :func:`load_or_train` do exactly that, so the artefact is built once and the
+    waiter loads it. The lock is ``fcntl.flock``: released when the block ends or the process dies
+    (a killed build never leaves a stale lock). The small lock file stays (deleting it would race),
+    outside ``<store>/<kind>/`` so that folder holds artefacts only. Where flock is unavailable
+    (Windows, some network file systems) the block runs unlocked.
+    """
+    path = store_root() / ".locks" / kind / f"{config_hash(config)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        locked = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                if verbose:
+                    print(f"waiting for another process building {kind} ({config_hash(config)}) ...",
+                          flush=True)
+                waited = time.perf_counter()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                locked = True
+                if verbose:
+                    print(f"... it finished after {time.perf_counter() - waited:.1f} s", flush=True)
+            except OSError as err:  # e.g. ENOLCK on a file system without locks
+                warnings.warn(f"cannot lock {path} ({err}); building {kind} unlocked", stacklevel=3)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _existing(kind: str, config: Mapping[str, Any], rebuilding: str | None) -> Path | None:
+    """The verified artefact folder, or ``None`` when missing or untrustworthy (then warn
+    ``"<rebuilding> <kind>: <why>"`` unless ``rebuilding`` is ``None``)."""
+    try:
+        return verify(kind, config)
+    except FileNotFoundError:
+        return None
+    except CorruptArtifact as err:
+        if rebuilding:
+            warnings.warn(f"{rebuilding} {kind}: {err}", stacklevel=3)
+        return None
+
+
 def cached(kind: str, config: Mapping[str, Any], build: Callable[[Path], None],
            *, verbose: bool = True) -> Path:
     """Return a verified artefact folder for ``config``, calling ``build(folder)`` if needed.
 
     ``build`` receives an empty folder and writes its files there. A corrupt or mismatching copy is
-    reported and rebuilt, never used.
+    reported and rebuilt, never used. Concurrent callers build it once (see :func:`build_lock`).
     """
-    try:
+    folder = _existing(kind, config, "rebuilding")
+    if folder is not None:
+        return folder
+    with build_lock(kind, config, verbose=verbose):
+        folder = _existing(kind, config, None)  # another process may have built it meanwhile
+        if folder is not None:
+            return folder
+        if verbose:
+            print(f"building {kind} ({config_hash(config)}) ...", flush=True)
+        with writing(kind, config) as staging:
+            build(staging)
         return verify(kind, config)
-    except FileNotFoundError:
-        pass
-    except CorruptArtifact as err:
-        warnings.warn(f"rebuilding {kind}: {err}", stacklevel=2)
-    if verbose:
-        print(f"building {kind} ({config_hash(config)}) ...", flush=True)
-    with writing(kind, config) as staging:
-        build(staging)
-    return verify(kind, config)
 
 
 # --- tensors and models -------------------------------------------------------------------------
@@ -181,21 +242,19 @@ def load_or_train(kind: str, config: Mapping[str, Any], model: torch.nn.Module,
     trains it in place and may return a JSON-serialisable summary (history, cost) that is stored
     with the weights and returned on later loads, so a notebook that reuses a checkpoint still
     knows what it cost to make. Returns ``{"trained": bool, "folder": Path, **summary}``.
+    A second process asking for the same checkpoint while it trains waits and then loads it
+    (see :func:`build_lock`), so it is trained once.
     """
-    try:
-        folder = verify(kind, config)
-    except FileNotFoundError:
-        folder = None
-    except CorruptArtifact as err:
-        warnings.warn(f"retraining {kind}: {err}", stacklevel=2)
-        folder = None
-    if folder is not None:
-        load_model(model, str(folder / WEIGHTS))
-        summary = json.loads((folder / "summary.json").read_text())
-        return {"trained": False, "folder": folder, **summary}
-
-    summary = dict(train_fn(model) or {})
-    with writing(kind, config) as staging:
-        save_model(model, str(staging / WEIGHTS))  # handles tied weights (e.g. GPT-2 lm_head)
-        atomic_write_json(staging / "summary.json", summary)
-    return {"trained": True, "folder": artifact_dir(kind, config), **summary}
+    folder = _existing(kind, config, "retraining")
+    if folder is None:
+        with build_lock(kind, config):
+            folder = _existing(kind, config, None)  # trained by another process meanwhile?
+            if folder is None:
+                summary = dict(train_fn(model) or {})
+                with writing(kind, config) as staging:
+                    save_model(model, str(staging / WEIGHTS))  # handles tied weights (GPT-2 lm_head)
+                    atomic_write_json(staging / "summary.json", summary)
+                return {"trained": True, "folder": artifact_dir(kind, config), **summary}
+    load_model(model, str(folder / WEIGHTS))
+    summary = json.loads((folder / "summary.json").read_text())
+    return {"trained": False, "folder": folder, **summary}

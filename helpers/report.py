@@ -3,7 +3,10 @@
 The HTML report is one self-contained file: figures are embedded as base64 PNG, tables are HTML
 tables, CSS is inline. It shows, for the whole batch: status and time of every notebook run, every
 claim with its verdict and evidence, metrics (side by side across sweep points), recorded tables and
-figures, errors of failed runs, the profile and parameters used, and the environment.
+figures, errors of failed runs, the profile and parameters used, and the environment (versions,
+CPU, memory). A sweep over ``seed`` is also aggregated: each metric as mean ± std over the seeds,
+per notebook and point of the other swept parameters (:func:`seed_aggregates`; also written to
+``aggregate.json``).
 
 A claim's verdict is one of:
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -100,6 +105,130 @@ def _scalar_metrics(results: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _stat(xs: Sequence[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(xs), "n": len(xs),
+            "std": statistics.stdev(xs) if len(xs) > 1 else None}
+
+
+def flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric metrics, with dicts flattened: ``{"gap": {"1": 0.2}}`` -> ``{"gap[1]": 0.2}``.
+    Lists (curves), strings and booleans are left out."""
+    flat: dict[str, float] = {}
+    for name, value in metrics.items():
+        key = f"{prefix}[{name}]" if prefix else str(name)
+        if isinstance(value, Mapping):
+            flat.update(flat_numbers(value, key))
+        elif (number := _number(value)) is not None:
+            flat[key] = number
+    return flat
+
+
+def aggregate_table(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """One table recorded by every seed, aggregated cell by cell.
+
+    Tables are matched row by row, so they must have the same columns and number of rows (else
+    ``None``). A cell equal in every seed (a method's name, a budget) is kept; a numeric cell that
+    varies becomes ``{"mean", "std", "n"}``; any other varying cell becomes ``"(varies)"``.
+    """
+    first = tables[0]
+    columns, nrows = first.get("columns"), len(first.get("rows", []))
+    if any(t.get("columns") != columns or len(t.get("rows", [])) != nrows for t in tables):
+        return None
+    rows = []
+    for i in range(nrows):
+        if any(len(t["rows"][i]) != len(columns) for t in tables):
+            return None
+        row = []
+        for j in range(len(columns)):
+            cells = [t["rows"][i][j] for t in tables]
+            numbers = [_number(c) for c in cells]
+            if all(c == cells[0] for c in cells):
+                row.append(cells[0])
+            elif all(n is not None for n in numbers):
+                row.append(_stat(numbers))  # type: ignore[arg-type]
+            else:
+                row.append("(varies)")
+        rows.append(row)
+    return {"columns": columns, "rows": rows}
+
+
+def seed_aggregates(runs: Sequence[Mapping[str, Any]],
+                    results: Mapping[str, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds of every numeric metric and table, per notebook and sweep point.
+
+    Successful runs of one notebook whose sweep points differ only in ``seed`` form a group; a
+    group is reported when it holds at least two seeds. Each group is
+    ``{"notebook", "point": {the other swept values}, "seeds": [...], "metrics": {name: {"mean",
+    "std", "n"}}, "tables": {name: {"columns", "rows"}}}``: ``std`` is the sample standard
+    deviation (``None`` for one value), ``n`` the number of seeds that recorded the metric; metrics
+    that are dicts are flattened (``gap[1]``); tables are aggregated cell by cell
+    (:func:`aggregate_table`). Failed runs are left out: a partial run's numbers would bias the mean.
+    """
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        if run.get("status") != "ok" or "seed" not in run.get("point", {}):
+            continue
+        point = {k: v for k, v in run["point"].items() if k != "seed"}
+        key = (run["notebook"], json.dumps(point, sort_keys=True, default=str))
+        group = groups.setdefault(key, {"notebook": run["notebook"], "point": point,
+                                        "seeds": [], "values": {}, "recorded": []})
+        group["seeds"].append(run["point"]["seed"])
+        recorded = results.get(run["name"]) or {}
+        group["recorded"].append(recorded.get("tables") or {})
+        for name, number in flat_numbers(recorded.get("metrics") or {}).items():
+            group["values"].setdefault(name, []).append(number)
+    out = []
+    for group in groups.values():
+        values, recorded = group.pop("values"), group.pop("recorded")
+        if len(set(map(str, group["seeds"]))) < 2:
+            continue
+        group["metrics"] = {name: _stat(xs) for name, xs in values.items()}
+        group["tables"] = {}
+        for name in recorded[0]:
+            if all(name in tables for tables in recorded):
+                table = aggregate_table([tables[name] for tables in recorded])
+                if table is not None:
+                    group["tables"][name] = table
+        out.append(group)
+    return out
+
+
+def fmt_mean_std(stat: Mapping[str, Any], seeds: int) -> str:
+    """``0.8123 ± 0.0123``; the count is added when a metric is missing for some seeds."""
+    text = fmt(stat["mean"]) + (f" ± {fmt(stat['std'])}" if stat["std"] is not None else "")
+    return text + (f" (n={stat['n']})" if stat["n"] != seeds else "")
+
+
+def _aggregate_cell(cell: Any, seeds: int) -> Any:
+    return fmt_mean_std(cell, seeds) if isinstance(cell, Mapping) and "mean" in cell else cell
+
+
+def _aggregate_tables(group: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    """(title, columns, rows) of every table a group shows: its metrics, then its tables."""
+    seeds = len(group["seeds"])
+    shown = []
+    if group["metrics"]:
+        shown.append(("metrics", ["metric", "mean ± std", "seeds"],
+                      [[name, fmt_mean_std(stat, seeds), stat["n"]]
+                       for name, stat in group["metrics"].items()]))
+    for name, table in group.get("tables", {}).items():
+        shown.append((f"table {name}", table["columns"],
+                      [[_aggregate_cell(c, seeds) for c in row] for row in table["rows"]]))
+    return shown
+
+
+def _aggregate_title(group: Mapping[str, Any]) -> str:
+    where = f" at {_point_text(group['point'])}" if group["point"] else ""
+    seeds = ", ".join(fmt(s) for s in group["seeds"])
+    return f"{group['notebook']}{where}: {len(group['seeds'])} seeds ({seeds})"
+
+
 def _sweep_groups(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
@@ -133,7 +262,9 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
              f"- {len(runs)} notebook run{'s' if len(runs) != 1 else ''}: {ok} ok, {len(failed)} failed"
              + (", interrupted" if batch.get("interrupted") else "")
              + f"; total {_seconds(batch.get('wall_s'))}",
-             f"- started {batch['started']}, finished {batch.get('finished') or '-'}", ""]
+             f"- started {batch['started']}, finished {batch.get('finished') or '-'}"
+             + _resumed_text(batch)
+             + (f"; {batch['jobs']} notebooks at a time" if (batch.get("jobs") or 1) > 1 else ""), ""]
     if failed:
         lines += ["## Failed", ""]
         lines += [f"- **{r['name']}**: {r['error']['name']}: {_flat(r['error']['message'], 300)} "
@@ -143,7 +274,7 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
     lines += ["## Runs", ""]
     lines += _md_table(
         ["run", "status", "time", "peak memory (MB)", "claims", "notebook"],
-        [[r["name"], r["status"], _seconds(r.get("wall_s")), r.get("peak_rss_mb"),
+        [[r["name"], _status_text(r), _seconds(r.get("wall_s")), r.get("peak_rss_mb"),
           _counts_text(_claim_counts(results.get(r["name"]))), f"[{r['output']}]({r['output']})"]
          for r in runs])
 
@@ -155,6 +286,11 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
                             for name, c in claims])
     else:
         lines += ["No claims recorded.", ""]
+
+    for group in seed_aggregates(runs, results):
+        lines += [f"## Across seeds: {_aggregate_title(group)}", ""]
+        for title, columns, rows in _aggregate_tables(group):
+            lines += [f"Mean ± std over seeds, {title}:", ""] + _md_table(columns, rows)
 
     for notebook, group in _sweep_groups(runs).items():
         names = list(dict.fromkeys(k for r in group for k in _scalar_metrics(results.get(r["name"]))))
@@ -197,6 +333,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px soli
 h3{margin-top:1.4em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.stat{white-space:nowrap}table{display:block;max-width:100%;overflow-x:auto}
 .ok,.pass{color:#1a7f37;font-weight:600}.failed,.FAIL{color:#c62828;font-weight:700}
 .reported{color:#777}.skipped,.pending,.interrupted{color:#996800}
 pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;overflow-x:auto;font-size:.85em}
@@ -222,7 +359,9 @@ def _html_table(columns: Sequence[str], rows: Iterable[Sequence[Any]],
                 cells.append(f"<td>{cell}</td>")
             else:
                 num = isinstance(cell, (int, float)) and not isinstance(cell, bool)
-                cells.append(f"<td class=\"num\">{_e(cell)}</td>" if num else f"<td>{_e(cell)}</td>")
+                stat = isinstance(cell, str) and " ± " in cell  # a mean ± std: keep on one line
+                css = " class=\"num\"" if num else " class=\"num stat\"" if stat else ""
+                cells.append(f"<td{css}>{_e(cell)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -230,6 +369,17 @@ def _html_table(columns: Sequence[str], rows: Iterable[Sequence[Any]],
 def _verdict_html(verdict: str) -> str:
     css = verdict if verdict in ("pass", "FAIL") else "reported"
     return f"<span class=\"{css}\">{html.escape(verdict)}</span>"
+
+
+def _status_text(run: Mapping[str, Any]) -> str:
+    return run["status"] + (" (earlier session)" if run.get("earlier") else "")
+
+
+def _resumed_text(batch: Mapping[str, Any]) -> str:
+    resumed = batch.get("resumed") or []
+    if not resumed:
+        return ""
+    return f"; resumed {len(resumed)} time{'s' if len(resumed) != 1 else ''} (last {resumed[-1]['started']})"
 
 
 def _status_html(status: str) -> str:
@@ -263,7 +413,10 @@ def render_html(out: Path, batch: Mapping[str, Any],
              f"<span class=\"{'failed' if failed else 'muted'}\">{len(failed)} failed</span>"
              + (", <span class=\"failed\">interrupted</span>" if batch.get("interrupted") else "")
              + f"; total time {html.escape(_seconds(batch.get('wall_s')))}; "
-               f"started {html.escape(batch['started'])}, finished {html.escape(batch.get('finished') or '-')}.</p>",
+               f"started {html.escape(batch['started'])}, finished {html.escape(batch.get('finished') or '-')}"
+               f"{html.escape(_resumed_text(batch))}"
+               + (f"; {batch['jobs']} notebooks at a time" if (batch.get("jobs") or 1) > 1 else "")
+               + ".</p>",
              _html_table(["", ""], [
                  ["command", f"<code>{html.escape(batch['command'])}</code>"],
                  ["profile", f"<b>{html.escape(batch['profile'])}</b>"],
@@ -281,7 +434,8 @@ def render_html(out: Path, batch: Mapping[str, Any],
     parts.append("<h2>Runs</h2>")
     parts.append(_html_table(
         ["run", "status", "time", "peak memory (MB)", "claims", "metrics", "executed notebook"],
-        [[f"<a href=\"#{_anchor(r['name'])}\">{html.escape(r['name'])}</a>", _status_html(r["status"]),
+        [[f"<a href=\"#{_anchor(r['name'])}\">{html.escape(r['name'])}</a>", _status_html(r["status"])
+          + (" <span class=\"muted\">(earlier session)</span>" if r.get("earlier") else ""),
           html.escape(_seconds(r.get("wall_s"))), _e(r.get("peak_rss_mb")),
           html.escape(_counts_text(_claim_counts(results.get(r["name"])))),
           len((results.get(r["name"]) or {}).get("metrics", {})),
@@ -294,6 +448,12 @@ def render_html(out: Path, batch: Mapping[str, Any],
                              [[name, c["name"], _verdict_html(claim_verdict(c)),
                                fmt_evidence(c.get("evidence"))] for name, c in claims], raw=(2,))
                  if claims else "<p class=\"muted\">No claims recorded.</p>")
+
+    for group in seed_aggregates(runs, results):
+        parts.append(f"<h2>Across seeds: {html.escape(_aggregate_title(group))}</h2>")
+        for title, columns, rows in _aggregate_tables(group):
+            parts.append(f"<p>Mean ± std over seeds, <b>{html.escape(title)}</b>:</p>")
+            parts.append(_html_table(columns, rows))
 
     for notebook, group in _sweep_groups(runs).items():
         names = list(dict.fromkeys(k for r in group for k in _scalar_metrics(results.get(r["name"]))))
@@ -354,6 +514,9 @@ def write_reports(out: Path, batch: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``summary.md`` and ``report.html`` into ``out``; return their paths."""
     results = {run["name"]: load_results(out, run) for run in batch["runs"]}
     summary, report = out / "summary.md", out / "report.html"
+    aggregates = seed_aggregates(batch["runs"], results)
+    if aggregates:
+        write_text(out / "aggregate.json", json.dumps(aggregates, indent=2, default=str))
     write_text(summary, render_markdown(batch, results))
     write_text(report, render_html(out, batch, results))
     return summary, report

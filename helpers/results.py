@@ -133,3 +133,28 @@ def add_claim(entry: Mapping[str, Any]) -> None:
     res = current()
     res.data["claims"].append(_jsonable(dict(entry)))
     res.save()
+
+
+def sibling(prefix: str) -> dict[str, Any] | None:
+    """What another notebook of the same batch recorded (e.g. ``sibling("03_")``), or ``None``.
+
+    Looks beside this notebook's results file: in a batch folder that is the same run; when
+    working interactively, ``runs/interactive/``. With a sweep, the first point's results.
+    """
+    import json
+
+    folder = current().path.parent
+    for path in sorted(folder.glob(f"{prefix}*.results.json")):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def table(recorded: Mapping[str, Any], name: str):
+    """A table recorded with :func:`record_table`, back as a pandas DataFrame."""
+    import pandas as pd
+
+    spec = recorded["tables"][name]
+    return pd.DataFrame(spec["rows"], columns=spec["columns"])

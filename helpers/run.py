@@ -7,12 +7,28 @@ Usage (from the repository root)::
     python -m helpers.run 03_finetune_cnn -p lr=1e-3 -p bf16=False
     python -m helpers.run 3 --sweep seed=0,1,2 --sweep lr=1e-3,3e-3   # 6 executions
     python -m helpers.run --out runs/my-batch --timeout 600
+    python -m helpers.run --sweep seed=0,1,2 --jobs 2      # two notebooks at a time
+    python -m helpers.run --resume --out runs/my-batch     # continue: skip what already ran ok
+    python -m helpers.run --resume                         # ... in the newest runs/<stamp>/
 
 A notebook may be named by path, file name (``00_tour.ipynb``), stem (``00_tour``) or number
 (``00`` or ``0``). Values of ``-p name=value`` and ``--sweep name=v1,v2`` are Python literals
 (``1e-3``, ``False``, ``[1, 2]``), else plain strings (``cpu``). Several ``--sweep`` options give
 the cartesian product; each point is one executed notebook, named after it, e.g.
 ``03_finetune_cnn__seed=0__lr=0.001.ipynb``.
+
+``--jobs N`` runs N notebook executions at once, each in its own worker process with its own
+kernel. They share the checkpoint store safely: :func:`helpers.checkpoints.load_or_train` and
+``cached`` hold a lock per artefact while building it, so when two notebooks need the same missing
+checkpoint one trains it and the other waits and loads it. Each kernel then gets
+``OMP_NUM_THREADS = cores // N`` (unless you set it) so N kernels do not fight over the cores.
+
+``--resume`` continues a batch in an existing run folder (``--out``, default the newest
+``runs/*/`` that has a ``batch.json``): executions that ``batch.json`` records as successful (and
+whose executed notebook is there) are kept, everything else (failed, interrupted, not yet run) is
+executed. Without notebooks, ``-p``, ``--sweep`` or ``--notebooks-dir`` on the command line the
+batch's recorded command is repeated; the profile must be the batch's, and an execution of the same
+name must have the same parameters (else use a new ``--out``).
 
 Everything is checked before the first notebook starts (profile, parameter names and values,
 notebook names, output folder); a bad input prints one clear message and exits with status 2.
@@ -28,7 +44,13 @@ Output folder (default ``runs/<YYYYmmdd-HHMMSS>/`` under the repository root):
 * ``<run>.results.json`` (and ``<run>_figures/``) -- what the notebook recorded through
   :mod:`helpers.results` (the runner points ``$WORKBOOK_RESULTS`` there);
 * ``batch.json`` -- the machine-readable index (rewritten after every notebook);
-* ``summary.md`` and ``report.html`` -- the aggregated report (see :mod:`helpers.report`).
+* ``summary.md`` and ``report.html`` -- the aggregated report (see :mod:`helpers.report`): every
+  run's time and peak memory, claims with their evidence, metrics, tables, figures, the
+  environment; for a sweep over ``seed``, every metric as mean ± std over the seeds (grouped by the
+  other swept parameters), also written to ``aggregate.json``.
+
+Kernels started by the runner see ``WORKBOOK_STATIC=1``: interactive widgets
+(:mod:`helpers.widgets`) fall back to one static run with their current values.
 
 Exit status: 0 when every notebook ran, 1 when any failed (the others still run), 2 for bad
 input, 130 when interrupted (the report then covers what finished).
@@ -42,15 +64,17 @@ import contextlib
 import difflib
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -60,6 +84,7 @@ from .checkpoints import repo_root
 
 BATCH_SCHEMA = 1
 RESULTS_ENV = "WORKBOOK_RESULTS"
+STATIC_ENV = "WORKBOOK_STATIC"  # tells helpers.widgets there is no live frontend
 _NUMBERED = re.compile(r"^(\d+)_.+\.ipynb$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -287,6 +312,8 @@ class Job:
     error: dict[str, Any] | None = None
     kernel_log: str | None = None  # relative to the out folder: what the kernel wrote to stderr
     slowest_cells: list[dict[str, Any]] = field(default_factory=list)
+    finished: str | None = None  # when it ended (local time)
+    earlier: bool = False  # recorded in an earlier session of this run folder and kept by --resume
 
     def index(self, out: Path) -> dict[str, Any]:
         """This job's entry in ``batch.json`` (paths relative to the out folder)."""
@@ -294,6 +321,14 @@ class Job:
         entry.update(notebook=self.notebook.stem, input=str(self.notebook), cwd=str(self.cwd),
                      output=f"{self.name}.ipynb", results=f"{self.name}.results.json")
         return entry
+
+    @classmethod
+    def from_index(cls, entry: Mapping[str, Any]) -> "Job":
+        """Rebuild a job from its ``batch.json`` entry (for ``--resume``)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in entry.items() if k in known}
+        values.update(notebook=Path(entry["input"]), cwd=Path(entry["cwd"]))
+        return cls(**values)
 
 
 @dataclass
@@ -306,6 +341,8 @@ class Plan:
     out: Path
     timeout: float | None
     jobs: list[Job]
+    parallel: int = 1  # --jobs
+    previous: dict[str, Any] | None = None  # the batch.json being resumed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                "Known parameters: " + ", ".join(sorted(config.KNOBS)) + ".")
     parser.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                         help="notebooks to run (default: every NN_*.ipynb in --notebooks-dir, in order)")
-    parser.add_argument("--profile", default="quick",
-                        help=f"parameter profile: {', '.join(config.PROFILES)} (default: quick)")
+    parser.add_argument("--profile", default=None,
+                        help=f"parameter profile: {', '.join(config.PROFILES)} (default: quick, "
+                             "or the resumed batch's)")
     parser.add_argument("-p", "--param", dest="params", action="append", default=[],
                         metavar="NAME=VALUE", help="override one parameter (repeatable)")
     parser.add_argument("--sweep", dest="sweeps", action="append", default=[],
@@ -330,13 +368,98 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where NN_*.ipynb live (default: notebooks/ in the repository)")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                         help="fail a notebook when one of its cells runs longer than this")
+    parser.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                        help="run N notebook executions at once, in separate processes "
+                             "(default 1; shared checkpoints are built once, under a lock)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the batch in --out (default: the newest runs/*/ with a "
+                             "batch.json), skipping executions that already succeeded there")
     return parser
+
+
+def _newest_batch() -> Path:
+    found = sorted((repo_root() / "runs").glob("*/batch.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UsageError(f"--resume: no run folder with a batch.json under {repo_root() / 'runs'}; "
+                         f"name one with --out")
+    return found[-1].parent
+
+
+def load_batch(out: Path) -> dict[str, Any]:
+    """The ``batch.json`` of a run folder being resumed; raise :class:`UsageError` when unusable."""
+    if not out.is_dir():
+        raise UsageError(f"--resume: {out} is not a folder (nothing to resume)")
+    path = out / "batch.json"
+    try:
+        batch = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--resume: no batch.json in {out}; it is not a run folder "
+                         f"(run without --resume to start a batch there)") from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--resume: cannot read {path}: {err}") from None
+    if not isinstance(batch, dict) or not isinstance(batch.get("runs"), list) or "profile" not in batch:
+        raise UsageError(f"--resume: {path} is not a batch index written by helpers.run")
+    return batch
+
+
+def _recorded_arguments(batch: Mapping[str, Any]) -> argparse.Namespace:
+    """The plan-defining arguments of the command that started a batch."""
+    argv = batch.get("argv")
+    if argv is None:  # written before "argv" was recorded
+        argv = shlex.split(batch.get("command", "").removeprefix("python -m helpers.run"))
+    try:
+        return build_parser().parse_args(list(argv))
+    except SystemExit:
+        raise UsageError(f"--resume: cannot re-read the recorded command {argv!r}; "
+                         f"give the notebooks and parameters again") from None
+
+
+def _merge_previous(jobs: list[Job], previous: Mapping[str, Any], out: Path) -> list[Job]:
+    """The resumed batch's executions followed by new ones; successful ones are kept as done."""
+    planned = {job.name: job for job in jobs}
+    merged: list[Job] = []
+    for entry in previous["runs"]:
+        job = planned.pop(entry["name"], None)
+        if job is None:  # not asked for this time: keep its record as it is
+            old = Job.from_index(entry)
+            old.earlier = True
+            merged.append(old)
+            continue
+        asked = json.loads(json.dumps(job.parameters, default=str))
+        if entry.get("notebook") != job.notebook.stem or entry.get("parameters") != asked:
+            raise UsageError(
+                f"--resume: {entry['name']} in {out} ran with parameters {entry.get('parameters')}, "
+                f"this command gives {asked}; resume with the batch's own command or use a new --out")
+        if entry.get("status") == "ok" and (out / entry.get("output", "")).is_file():
+            job = Job.from_index(entry)
+            job.earlier = True
+        merged.append(job)
+    return merged + list(planned.values())
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     """Validate every input and build the list of executions; raise :class:`UsageError`."""
     import papermill
 
+    previous = None
+    if args.resume:
+        out = (args.out or _newest_batch()).resolve()
+        previous = load_batch(out)
+        if not (args.notebooks or args.params or args.sweeps or args.notebooks_dir):
+            recorded = _recorded_arguments(previous)
+            args.notebooks, args.params = recorded.notebooks, recorded.params
+            args.sweeps, args.notebooks_dir = recorded.sweeps, recorded.notebooks_dir
+        if args.profile is None:
+            args.profile = previous["profile"]
+        elif args.profile != previous["profile"]:
+            raise UsageError(f"--resume: {out} holds a {previous['profile']!r} batch, not "
+                             f"{args.profile!r}; resume it with --profile {previous['profile']} "
+                             f"or start a new batch with another --out")
+        if args.timeout is None:
+            args.timeout = previous.get("timeout_s")
+    args.profile = args.profile or "quick"
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be at least 1")
     if args.profile not in config.PROFILES:
         near = difflib.get_close_matches(args.profile, list(config.PROFILES), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -360,8 +483,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if not notebooks:
             raise UsageError(f"no notebooks NN_*.ipynb found in {folder}")
 
-    out = (args.out or default_out()).resolve()
-    _check_out(out)
+    if previous is None:
+        out = (args.out or default_out()).resolve()
+        _check_out(out)
 
     jobs: list[Job] = []
     taken: set[str] = set()
@@ -381,7 +505,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 unique = f"{name}__{n}"
             taken.add(unique)
             jobs.append(Job(notebook, unique, dict(point), parameters, cwd))
-    return Plan(args.profile, params, sweeps, out, args.timeout, jobs)
+    if previous is not None:
+        jobs = _merge_previous(jobs, previous, out)
+    return Plan(args.profile, params, sweeps, out, args.timeout, jobs, args.jobs, previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,8 +660,8 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
     output = out / f"{job.name}.ipynb"
     log = out / "logs" / f"{job.name}.log"
     started = time.perf_counter()
-    with _env(RESULTS_ENV, str(out / f"{job.name}.results.json")), _kernel_log(log), \
-            PeakRss() as rss:
+    with _env(RESULTS_ENV, str(out / f"{job.name}.results.json")), _env(STATIC_ENV, "1"), \
+            _kernel_log(log), PeakRss() as rss:
         try:
             papermill.execute_notebook(
                 str(job.notebook), str(output), parameters=job.parameters, kernel_name="python3",
@@ -549,10 +675,19 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
         else:
             job.status = "ok"
     job.wall_s = round(time.perf_counter() - started, 3)
+    job.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     job.peak_rss_mb = None if rss.peak_mb is None else round(rss.peak_mb, 1)
     job.slowest_cells = _slowest_cells(output)
     job.kernel_log = os.path.relpath(log, out) if log.is_file() else None
     return job
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or None
 
 
 def environment() -> dict[str, Any]:
@@ -560,9 +695,17 @@ def environment() -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                           "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                           "torch": torch.__version__, "cuda": torch.cuda.is_available()}
-    for package in ("transformers", "papermill", "numpy"):
+                           "machine": platform.machine(), "cpu": _cpu_model(),
+                           "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                           "torch threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(ImportError):
+        import psutil
+        env["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    for package in ("torchvision", "transformers", "tokenizers", "peft", "safetensors", "numpy",
+                    "pandas", "scikit-learn", "matplotlib", "papermill", "ipykernel", "ipywidgets",
+                    "jupyterlab"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             env[package] = metadata.version(package)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -588,31 +731,140 @@ def _write_index(plan: Plan, batch: dict[str, Any]) -> None:
     report.write_text(plan.out / "batch.json", json.dumps(batch, indent=2, default=str))
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _worker(job: Job, out: Path, timeout: float | None, threads: int, conn: Any) -> None:
+    """Run one job in its own process (``--jobs N``) and send the finished :class:`Job` back.
+
+    Ctrl-C is the parent's to handle: it ignores SIGINT here and stops a worker with SIGTERM,
+    which becomes a KeyboardInterrupt, so the job is recorded as interrupted and its kernel shut
+    down on the way out.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)
+    if "OMP_NUM_THREADS" not in os.environ:  # N kernels share the cores instead of fighting
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        execute(job, out, timeout)
+    except KeyboardInterrupt:
+        pass  # execute marked it interrupted
+    conn.send(job)
+    conn.close()
+
+
+def _verdict(job: Job) -> str:
+    if job.status == "ok":
+        return f"{job.name}: ok in {job.wall_s:.1f} s"
+    if job.error is None:
+        return f"{job.name}: {job.status}"
+    return (f"{job.name}: FAILED ({job.error['name']}: {one_line(job.error['message'], 120)}) "
+            f"in {job.wall_s or 0:.1f} s")
+
+
+def _run_serial(plan: Plan, todo: list[int], bar: Any, save: Any) -> None:
+    for i in todo:
+        job = plan.jobs[i]
+        bar.set_description(job.name)
+        execute(job, plan.out, plan.timeout)
+        bar.write(_verdict(job))
+        bar.update()
+        save()
+
+
+def _run_parallel(plan: Plan, todo: list[int], bar: Any, save: Any) -> None:
+    """Run the jobs ``todo``, ``plan.parallel`` at a time, each in a fresh worker process."""
+    from multiprocessing.connection import wait as wait_for
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    workers = min(plan.parallel, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    queue, running = list(todo), {}
+    bar.set_description(f"{workers} at a time")
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                i = queue.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, name=f"run {plan.jobs[i].name}",
+                                          args=(plan.jobs[i], plan.out, plan.timeout, threads, send))
+                process.start()
+                send.close()
+                running[receive] = (i, process)
+            for receive in wait_for(list(running), timeout=5):
+                i, process = running.pop(receive)
+                try:
+                    plan.jobs[i] = receive.recv()
+                except EOFError:  # the worker died before answering (killed, out of memory)
+                    process.join()
+                    plan.jobs[i].status = "failed"
+                    plan.jobs[i].error = {"name": "WorkerDied", "cell": None, "traceback": "",
+                                          "message": f"the worker process running it exited with "
+                                                     f"code {process.exitcode} before reporting"}
+                process.join()
+                if plan.jobs[i].status == "failed" and plan.jobs[i].error and \
+                        plan.jobs[i].error["name"] == "KeyboardInterrupt":
+                    plan.jobs[i].status = "interrupted"  # its kernel got the terminal's Ctrl-C
+                bar.write(_verdict(plan.jobs[i]))
+                bar.update()
+                save()
+    except KeyboardInterrupt:
+        for receive, (i, process) in running.items():
+            process.terminate()  # SIGTERM: the worker records the interruption and stops its kernel
+        for receive, (i, process) in running.items():
+            process.join(timeout=20)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            with contextlib.suppress(EOFError, OSError):
+                if receive.poll():
+                    plan.jobs[i] = receive.recv()
+            if plan.jobs[i].status not in ("ok", "failed"):  # it may have just finished
+                plan.jobs[i].status = "interrupted"
+        raise
+
+
 def run_plan(plan: Plan, argv: Sequence[str]) -> int:
     """Execute every job (continuing past failures), write ``batch.json`` and the report."""
     from tqdm.auto import tqdm
 
     plan.out.mkdir(parents=True, exist_ok=True)
-    batch: dict[str, Any] = {
-        "schema": BATCH_SCHEMA, "command": "python -m helpers.run " + shlex.join(argv),
-        "profile": plan.profile, "params": plan.params, "sweep": plan.sweeps,
-        "timeout_s": plan.timeout, "out": str(plan.out),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished": None, "interrupted": False,
-        "environment": environment(),
-    }
-    _write_index(plan, batch)
+    command = "python -m helpers.run " + shlex.join(argv)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if plan.previous is None:
+        batch: dict[str, Any] = {
+            "schema": BATCH_SCHEMA, "command": command, "argv": list(argv),
+            "profile": plan.profile, "params": plan.params, "sweep": plan.sweeps,
+            "timeout_s": plan.timeout, "out": str(plan.out), "started": now, "finished": None,
+            "interrupted": False, "resumed": [],
+        }
+        earlier_s = 0.0
+    else:  # keep the batch's identity; note this session
+        batch = dict(plan.previous)
+        batch["resumed"] = [*batch.get("resumed", []), {"command": command, "started": now}]
+        batch["out"] = str(plan.out)
+        earlier_s = float(batch.get("wall_s") or 0.0)
+    batch.update(jobs=plan.parallel, environment=environment())
+    todo = [i for i, job in enumerate(plan.jobs) if not job.earlier]  # earlier: kept as recorded
+    kept = len(plan.jobs) - len(todo)
+    if plan.previous is not None:
+        print(f"resuming {_shown(plan.out)}/: {kept} execution{'s' if kept != 1 else ''} already "
+              f"done, {len(todo)} to run")
+
+    def save() -> None:
+        _write_index(plan, batch)
+
+    save()
     began = time.perf_counter()
     interrupted = False
     terminal = _terminal()
-    bar = tqdm(plan.jobs, unit="notebook", file=terminal, dynamic_ncols=True)
+    bar = tqdm(total=len(todo), unit="notebook", file=terminal, dynamic_ncols=True)
     try:
-        for job in bar:
-            bar.set_description(job.name)
-            execute(job, plan.out, plan.timeout)
-            verdict = "ok" if job.status == "ok" else \
-                f"FAILED ({job.error['name']}: {one_line(job.error['message'], 120)})"  # type: ignore[index]
-            bar.write(f"{job.name}: {verdict} in {job.wall_s:.1f} s")
-            _write_index(plan, batch)
+        if plan.parallel > 1 and len(todo) > 1:
+            _run_parallel(plan, todo, bar, save)
+        else:
+            _run_serial(plan, todo, bar, save)
     except KeyboardInterrupt:
         interrupted = True
         for job in plan.jobs:
@@ -623,14 +875,11 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
         if terminal is not sys.stderr:
             terminal.close()
     batch.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"), interrupted=interrupted,
-                 wall_s=round(time.perf_counter() - began, 3))
-    _write_index(plan, batch)
+                 wall_s=round(earlier_s + time.perf_counter() - began, 3))
+    save()
     summary, html = report.write_reports(plan.out, batch)
 
     failed = [job for job in plan.jobs if job.status == "failed"]
-    print(f"executed notebooks: {_shown(plan.out)}/")
-    print(f"summary: {_shown(summary)}")
-    print(f"report: {_shown(html)}")
     if failed:
         print(f"FAILED: {len(failed)} of {len(plan.jobs)} notebook runs:")
         for job in failed:
@@ -638,7 +887,12 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
             print(f"  {job.name}: {job.error['name']}: {one_line(job.error['message'])} "
                   f"-> {_shown(plan.out / (job.name + '.ipynb'))}")
     if interrupted:
-        print("interrupted: the report covers the notebooks that finished", file=sys.stderr)
+        print("interrupted: the report covers the notebooks that finished; continue with "
+              f"python -m helpers.run --resume --out {_shown(plan.out)}", file=sys.stderr)
+    print(f"executed notebooks: {_shown(plan.out)}/")
+    print(f"summary: {_shown(summary)}")
+    print(f"report: {_shown(html)}")
+    if interrupted:
         return 130
     return 1 if failed else 0
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -97,3 +98,60 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     ck.atomic_write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+_RACER = r"""
+import json, os, sys, time
+from pathlib import Path
+import torch
+from helpers import checkpoints as ck
+
+log, go = Path(sys.argv[1]), Path(sys.argv[2])
+while not go.exists():  # both processes start building at the same moment
+    time.sleep(0.01)
+
+def build(folder):
+    with open(log, "a") as f:
+        f.write(f"cached {os.getpid()}\n")
+    time.sleep(1.0)  # a slow build: the other process arrives while it runs
+    ck.save_tensors(folder, {"x": torch.arange(3.0)})
+
+def train_fn(model):
+    with open(log, "a") as f:
+        f.write(f"trained {os.getpid()}\n")
+    time.sleep(1.0)
+    with torch.no_grad():
+        model.weight.fill_(float(os.getpid()))
+    return {"by": os.getpid()}
+
+folder = ck.cached("race", {"v": 1}, build, verbose=False)
+out = ck.load_or_train("race-model", {"v": 1}, torch.nn.Linear(2, 2, bias=False), train_fn)
+print(json.dumps({"folder": str(folder), "trained": out["trained"], "by": out["by"]}))
+"""
+
+
+def test_two_processes_build_a_shared_artefact_once(store, tmp_path):
+    """Two processes (two notebooks under `helpers.run --jobs 2`) asking for the same missing
+    artefact: one builds it, the other waits on the lock and loads the result."""
+    import subprocess
+    import sys
+
+    log, go = tmp_path / "builds.log", tmp_path / "go"
+    env = {**os.environ, "WORKBOOK_STORE": str(store), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(log), str(go)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    go.touch()
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr[-2000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    lines = log.read_text().split()
+    assert lines.count("cached") == 1 and lines.count("trained") == 1, lines
+    assert outs[0]["folder"] == outs[1]["folder"]
+    assert sorted(o["trained"] for o in outs) == [False, True]
+    assert outs[0]["by"] == outs[1]["by"]  # the waiter loaded the builder's checkpoint
+    assert (store / ".locks" / "race" / (ck.config_hash({"v": 1}) + ".lock")).exists()
+    assert [p.name for p in (store / "race").iterdir()] == [ck.config_hash({"v": 1})]  # artefacts only
+    ck.verify("race", {"v": 1}) and ck.verify("race-model", {"v": 1})

@@ -46,3 +46,12 @@ def test_claims_are_asserted_in_quick(tmp_path):
     with pytest.raises(ClaimFailed, match=r"two is less than one\n  evidence: a=2"):
         claim("two is less than one", 2 < 1, {"a": 2})
     assert [c["holds"] for c in _saved(tmp_path)["claims"]] == [True, False]
+
+
+def test_sibling_results_are_found_beside_this_notebook(tmp_path):
+    resolve("smoke")
+    results.record_table("cost", pd.DataFrame({"stage": ["a"], "flops": [1.0]}).set_index("stage"))
+    (tmp_path / "03_finetune.results.json").write_text((tmp_path / "test.results.json").read_text())
+    found = results.sibling("03_")
+    assert found is not None and results.table(found, "cost").to_dict("records") == [{"stage": "a", "flops": 1.0}]
+    assert results.sibling("07_") is None

@@ -1,7 +1,8 @@
 """The batch runner ``python -m helpers.run``: input checks (no kernel) and real papermill runs.
 
-Kernel starts are kept to four: a 2-point sweep of one notebook, and a failing notebook followed
-by one that works.
+Kernel starts are kept to five: a 2-point seed sweep of one notebook run two at a time (--jobs 2),
+a failing notebook followed by one that works, and a --resume of that batch (only the failed one
+runs again).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _notebook(path: Path, body: str, parameters: str = 'PROFILE = "quick"\nOVERR
 @pytest.fixture
 def nbdir(tmp_path: Path) -> Path:
     folder = tmp_path / "nbs"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     _notebook(folder / "00_good.ipynb", GOOD)
     _notebook(folder / "01_bad.ipynb", BAD)
     _notebook(folder / "02_good_too.ipynb", GOOD)
@@ -79,6 +80,7 @@ def _cli(nbdir: Path, out: Path, *args: str) -> list[str]:
     (["00_god"], ["unknown notebook '00_god'", "did you mean '00_good'"]),
     (["05", "-p", "lr=0.1"], ["05_no_overrides.ipynb declares neither LR nor OVERRIDES"]),
     (["--timeout", "0"], ["--timeout"]),
+    (["--jobs", "0"], ["--jobs 0", "at least 1"]),
 ])
 def test_bad_input_is_reported_before_any_work(nbdir, tmp_path, capsys, args, expected):
     out = tmp_path / "out"
@@ -134,10 +136,10 @@ def test_values_sweeps_names_and_selection(nbdir, tmp_path):
 
 def test_sweep_runs_each_point_and_reports(nbdir, tmp_path, capsys):
     out = tmp_path / "out"
-    code = run.main(_cli(nbdir, out, "0", "--sweep", "seed=0,1", "-p", "lr=1e-3"))
+    code = run.main(_cli(nbdir, out, "0", "--sweep", "seed=0,1", "-p", "lr=1e-3", "--jobs", "2"))
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert f"report: {out / 'report.html'}" in printed or "report.html" in printed
+    assert printed.strip().splitlines()[-1].endswith("report.html")  # the last line: the report
 
     for seed in (0, 1):
         stem = f"00_good__seed={seed}"
@@ -150,7 +152,9 @@ def test_sweep_runs_each_point_and_reports(nbdir, tmp_path, capsys):
 
     batch = json.loads((out / "batch.json").read_text())
     assert [r["name"] for r in batch["runs"]] == ["00_good__seed=0", "00_good__seed=1"]
-    assert all(r["status"] == "ok" and r["wall_s"] > 0 for r in batch["runs"])
+    assert all(r["status"] == "ok" and r["wall_s"] > 0 and r["finished"] for r in batch["runs"])
+    assert all(r["peak_rss_mb"] and r["peak_rss_mb"] > 20 for r in batch["runs"])  # the kernel's
+    assert batch["jobs"] == 2
     assert batch["runs"][0]["parameters"] == {"PROFILE": "quick", "SEED": 0, "OVERRIDES": {"lr": 0.001}}
     assert batch["sweep"] == {"seed": [0, 1]} and batch["failed"] == []
     assert batch["environment"]["torch"]
@@ -161,7 +165,20 @@ def test_sweep_runs_each_point_and_reports(nbdir, tmp_path, capsys):
         assert "seed is small" in text and "pass" in text
         assert "lr_used" in text and "00_good__seed=1" in text
         assert "Sweep: 00_good" in text
-    assert "<table>" in html and "python" in html
+        assert "Across seeds: 00_good: 2 seeds (0, 1)" in text
+        assert "0.5 ± 0.7071" in text  # metric x = seed: mean and sample std over seeds 0 and 1
+    assert "<table>" in html and "python" in html and "ipywidgets" in html
+    aggregate = json.loads((out / "aggregate.json").read_text())
+    assert aggregate[0]["metrics"]["x"] == {"mean": 0.5, "std": pytest.approx(0.70710678), "n": 2}
+
+    # resuming a batch that finished: nothing runs again, the report is rewritten
+    assert run.main(["--resume", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 executions already done, 0 to run" in printed
+    again = json.loads((out / "batch.json").read_text())
+    assert [r["wall_s"] for r in again["runs"]] == [r["wall_s"] for r in batch["runs"]]
+    assert all(r["earlier"] for r in again["runs"]) and len(again["resumed"]) == 1
+    assert "(earlier session)" in (out / "report.html").read_text()
 
 
 def test_failure_does_not_stop_the_batch(nbdir, tmp_path, capsys):
@@ -183,3 +200,83 @@ def test_failure_does_not_stop_the_batch(nbdir, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "boom in the notebook" in html and "before_boom" in html
     assert "reported only: holds" in html
+
+    # --resume repeats the recorded command: the successful run is kept, the failed one runs again
+    code = run.main(["--resume", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1 and "1 execution already done, 1 to run" in printed
+    again = json.loads((out / "batch.json").read_text())
+    bad2, good2 = again["runs"]
+    assert good2 == {**good, "earlier": True}  # kept exactly as recorded
+    assert bad2["status"] == "failed" and not bad2["earlier"] and bad2["wall_s"] != bad["wall_s"]
+    assert again["profile"] == "smoke" and again["command"] == batch["command"]
+    assert again["wall_s"] > batch["wall_s"]
+
+
+def _fake_batch(folder: Path, nbdir: Path, profile: str = "quick") -> None:
+    folder.mkdir(parents=True)
+    (folder / "00_good.ipynb").write_text("{}")
+    entry = {"name": "00_good", "notebook": "00_good", "input": str(nbdir / "00_good.ipynb"),
+             "cwd": str(nbdir), "point": {}, "parameters": {"PROFILE": profile}, "status": "ok",
+             "output": "00_good.ipynb", "results": "00_good.results.json", "wall_s": 1.0}
+    argv = ["00", "--notebooks-dir", str(nbdir), "--profile", profile, "--out", str(folder)]
+    (folder / "batch.json").write_text(json.dumps(
+        {"schema": 1, "command": "python -m helpers.run ...", "argv": argv, "profile": profile,
+         "params": {}, "sweep": {}, "timeout_s": None, "out": str(folder), "started": "t",
+         "runs": [entry]}))
+
+
+def test_resume_input_checks(nbdir, tmp_path, capsys, monkeypatch):
+    assert run.main(["--resume", "--out", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    assert run.main(["--resume", "--out", str(tmp_path / "plain")]) == 2
+    assert "no batch.json" in capsys.readouterr().err
+
+    done = tmp_path / "runs" / "done"
+    _fake_batch(done, nbdir)
+    assert run.main(["--resume", "--out", str(done), "--profile", "smoke"]) == 2
+    assert "holds a 'quick' batch" in capsys.readouterr().err
+    assert run.main(["--resume", "--out", str(done), "00", "--notebooks-dir", str(nbdir),
+                     "-p", "lr=0.1"]) == 2
+    assert "ran with parameters" in capsys.readouterr().err
+    # the recorded command, all done already: nothing runs, no kernel starts
+    monkeypatch.setattr(run, "repo_root", lambda: tmp_path)  # --resume alone: newest runs/*/
+    assert run.main(["--resume"]) == 0
+    assert "1 execution already done, 0 to run" in capsys.readouterr().out
+    assert (done / "report.html").is_file()
+
+
+def test_seed_aggregates_group_by_the_other_swept_values():
+    from helpers.report import fmt_mean_std, seed_aggregates
+
+    def entry(name, seed, lr, status="ok"):
+        return {"name": name, "notebook": "03_x", "point": {"seed": seed, "lr": lr}, "status": status}
+
+    runs = [entry("a", 0, 0.1), entry("b", 1, 0.1), entry("c", 2, 0.1), entry("d", 0, 0.2),
+            entry("e", 1, 0.2), entry("f", 2, 0.2, status="failed")]
+    results = {"a": {"metrics": {"acc": 0.5, "loss": 1.0, "ok": True, "curve": [1, 2]}},
+               "b": {"metrics": {"acc": 0.7, "loss": 3.0}}, "c": {"metrics": {"acc": 0.9}},
+               "d": {"metrics": {"acc": 0.1}}, "e": {"metrics": {"acc": 0.3}},
+               "f": {"metrics": {"acc": 99.0}}}
+    first, second = seed_aggregates(runs, results)
+    assert first["point"] == {"lr": 0.1} and first["seeds"] == [0, 1, 2]
+    assert first["metrics"]["acc"] == {"mean": pytest.approx(0.7), "std": pytest.approx(0.2), "n": 3}
+    assert first["metrics"]["loss"]["n"] == 2 and set(first["metrics"]) == {"acc", "loss"}  # no bools/lists
+    assert second["seeds"] == [0, 1] and second["metrics"]["acc"]["mean"] == pytest.approx(0.2)  # failed f left out
+    assert fmt_mean_std(first["metrics"]["acc"], 3) == "0.7 ± 0.2"
+    assert fmt_mean_std(first["metrics"]["loss"], 3) == "2 ± 1.414 (n=2)"
+    assert seed_aggregates([entry("a", 0, 0.1)], results) == []  # one seed: nothing to aggregate
+
+    # dict metrics are flattened; tables are aggregated cell by cell, row by row
+    def table(acc0, acc1, note):
+        return {"columns": ["method", "budget", "acc", "note"],
+                "rows": [["scratch", 1, acc0, note], ["full", 1, acc1, note]]}
+    results = {"a": {"metrics": {"gap": {"1": 0.1, "5": 0.3}}, "tables": {"t": table(0.2, 0.6, "x"), "only_a": table(0, 0, "")}},
+               "b": {"metrics": {"gap": {"1": 0.3}}, "tables": {"t": table(0.4, 0.6, "y")}}}
+    (group,) = seed_aggregates(runs[:2], results)
+    assert group["metrics"]["gap[1]"]["mean"] == pytest.approx(0.2) and group["metrics"]["gap[5]"]["n"] == 1
+    assert list(group["tables"]) == ["t"]  # a table missing for one seed is not aggregated
+    rows = group["tables"]["t"]["rows"]
+    assert rows[0][:2] == ["scratch", 1] and rows[0][2]["mean"] == pytest.approx(0.3)
+    assert rows[1][2] == 0.6 and rows[0][3] == "(varies)"
