@@ -8,8 +8,8 @@ presses Run (the figure is redrawn); and saves a screenshot in the test's folder
 ``runs/browser/`` for humans.
 
 The notebook runs in a copy prepared by papermill with ``PROFILE = "smoke"``, so it takes seconds.
-It is the one named by :data:`BROWSER_NOTEBOOK`; until notebook 03 has its widget, a small notebook
-generated here (which uses :mod:`helpers.widgets` the way 03 will) proves the harness.
+It is the one named by :data:`BROWSER_NOTEBOOK` (notebook 03, whose "Try it yourself" section is a
+:mod:`helpers.widgets` experiment); set it to ``None`` to use a small notebook generated here.
 
 The browser: ``$WORKBOOK_CHROMIUM`` or ``chromium`` on ``PATH`` (Debian: ``apt-get install
 chromium``; ``.ci/run`` installs it). ``playwright install`` is not needed (and cannot download
@@ -38,9 +38,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 ROOT = Path(__file__).resolve().parent.parent
 
 # The notebook the browser opens. None: the small generated widget notebook below.
-# When notebooks/03_finetune_cnn.ipynb has its widget, switch with one line:
-# BROWSER_NOTEBOOK = ROOT / "notebooks" / "03_finetune_cnn.ipynb"
-BROWSER_NOTEBOOK: Path | None = None
+BROWSER_NOTEBOOK: Path | None = ROOT / "notebooks" / "03_finetune_cnn.ipynb"
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",

@@ -71,3 +71,21 @@ def test_claims_hold_in_quick(notebook, tmp_path, shared_store, monkeypatch):
     claims = recorded["claims"]
     assert claims and all(c["asserted"] and c["holds"] for c in claims), json.dumps(claims, indent=1)
     print(f"{notebook.stem}: {len(claims)} claims hold in quick, {recorded['seconds']:.0f} s")
+
+
+EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if '"solution"' in p.read_text()]
+
+
+@pytest.mark.parametrize("notebook", EXERCISE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_student_version_stops_at_its_first_exercise(notebook, tmp_path, shared_store, monkeypatch):
+    """The handout runs up to the first exercise and fails there, with the stub's message."""
+    from helpers.classroom import write_student_versions
+
+    [(student, exercises)] = write_student_versions(tmp_path / "student", [notebook])
+    assert exercises >= 1
+    monkeypatch.setenv("WORKBOOK_STORE", str(shared_store))
+    monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "student.results.json"))
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(student), str(tmp_path / "out.ipynb"), parameters={"PROFILE": "smoke"},
+                            kernel_name="python3", progress_bar=False, cwd=str(notebook.parent))
+    assert err.value.ename == "NotImplementedError" and "Exercise" in err.value.evalue
