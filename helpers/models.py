@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -65,16 +65,19 @@ class SmallResNet(nn.Module):
 
 def tiny_gpt(vocab_size: int, n_positions: int = 128, n_embd: int = 64, n_layer: int = 2,
              n_head: int = 4, dropout: float = 0.0, eos_token_id: int = 0,
-             attn_implementation: str = "sdpa") -> nn.Module:
+             attn_implementation: str = "sdpa", **config: Any) -> nn.Module:
     """A GPT-2 (``transformers.GPT2LMHeadModel``) built from a config: no hub, no download.
 
     ``eos_token_id`` must lie inside the (small) vocabulary; GPT-2's default 50256 does not.
+    Any other ``GPT2Config`` field can be given as a keyword (e.g. ``use_cache=False``,
+    ``activation_function="gelu_pytorch_tanh"``, ``pad_token_id=1``).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd,
                         n_layer=n_layer, n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout,
-                        attn_pdrop=dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
+                        attn_pdrop=dropout, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+                        **config)
     return GPT2LMHeadModel(config, attn_implementation=attn_implementation) \
         if _accepts_attn_impl() else GPT2LMHeadModel(config)
 

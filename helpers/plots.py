@@ -73,3 +73,36 @@ def mean_std_lines(table, x: str, y: str, hue: str, title: str | None = None, yl
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def confusion_matrix_figure(matrix, names: Sequence[str] | None = None, normalize: bool = True,
+                            title: str | None = None, ax=None):
+    """A confusion matrix ``C[true, predicted]`` as a heat map; rows normalised to recall by default.
+
+    With ``normalize`` each row sums to 1, so the diagonal is each class's recall and a rare class
+    counts as much as a common one; the cells show the values.
+    """
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    shown = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalize else counts
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 4.0))
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    k = len(shown)
+    labels = list(names) if names is not None else [str(i) for i in range(k)]
+    ax.set_xticks(range(k), labels, fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            value = shown[i, j]
+            if value >= (0.005 if normalize else 0.5):
+                ax.text(j, i, f"{value:.2f}" if normalize else f"{value:.0f}", ha="center", va="center",
+                        fontsize=6, color="white" if value > 0.6 * (shown.max() or 1) else "black")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.tight_layout()
+    return ax.figure
