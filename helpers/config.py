@@ -19,7 +19,7 @@ import difflib
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -188,7 +188,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "text_chars": 1_000_000, "vocab_size": 2_000, "seq_len": 128, "epochs": 4,
               "batch_size": 128, "lr": 3e-3, "width": 16, "bench_steps": 30,
               "gpt_width": 64, "gpt_layers": 2, "gpt_heads": 2, "text_batch_size": 16, "mlm_epochs": 2,
-              "lm_epochs": 8, "lm_lr": 5e-3,
+              "lm_epochs": 10, "lm_lr": 5e-3,
               "dapt_chars": 400_000, "text_budgets": [8, 32], "text_methods": ["scratch", "frozen", "full", "lora", "ia3"],
               "text_ft_steps": 30, "text_ft_lr": 1e-3, "task_len": 48, "lora_rank": 8,
               "pretrain_epochs": 4, "probe_per_class": 20, "budgets": [1, 3, 10, 30, 100],
@@ -257,6 +257,15 @@ def _check(name: str, value: Any) -> Any:
                              f"({knob.help})")
         checked.append(item)
     return list(checked) if knob.is_list else checked[0]
+
+
+def check_choices(name: str, values: Sequence[Any], allowed: Sequence[Any]) -> list[Any]:
+    """A non-empty list whose every item is in ``allowed``; else a ``ValueError`` naming all three."""
+    values = list(values)
+    if not values or any(v not in allowed for v in values):
+        raise ValueError(f"parameter {name!r}={values!r} is not allowed: expected a non-empty list "
+                         f"from {list(allowed)}")
+    return values
 
 
 def validate(params: Mapping[str, Any]) -> Params:

@@ -35,6 +35,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import metrics
+from .config import check_choices
 from .train import Data, _forward
 
 METHODS = ("plain", "oversample", "undersample", "class_weighted", "focal", "minority_augment",
@@ -45,11 +46,7 @@ FOCAL_GAMMA = 2.0
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """Fail early, with the allowed names, on an unknown rebalancing method."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"parameter 'imbalance_methods'={list(methods)!r} is not allowed: expected a "
-                         f"non-empty list from {list(METHODS)}")
-    return list(methods)
+    return check_choices("imbalance_methods", methods, METHODS)
 
 
 # --- long-tailed data ----------------------------------------------------------------------------

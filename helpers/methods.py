@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_choices
 from .models import SmallResNet, count_parameters, new_head, set_trainable
 from .train import Data, History, default_param_groups, train, train_mode
 
@@ -45,11 +46,7 @@ DISCRIMINATIVE_DECAY = 2.6
 
 def check_methods(methods: list[str]) -> list[str]:
     """Fail early, with the allowed names, on an unknown method."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"parameter 'methods'={methods!r} is not allowed: expected a non-empty list "
-                         f"from {list(METHODS)}")
-    return methods
+    return check_choices("methods", methods, METHODS)
 
 
 def units_top_down(model: SmallResNet) -> list[list[nn.Module]]:
@@ -214,13 +211,9 @@ LOWER_LR_FACTOR = 3.0
 LWF_TEMPERATURE = 2.0
 
 
-def check_forgetting_methods(methods: list[str]) -> list[str]:
-    """Fail early, with the allowed names, on an unknown mitigation."""
-    unknown = [m for m in methods if m not in FORGETTING_METHODS]
-    if unknown or not methods:
-        raise ValueError(f"parameter 'forgetting_methods'={methods!r} is not allowed: expected a non-empty "
-                         f"list from {list(FORGETTING_METHODS)}")
-    return methods
+def check_forgetting_methods(methods: list[str], name: str = "forgetting_methods") -> list[str]:
+    """Fail early, naming the parameter ``name`` and the allowed values, on an unknown mitigation."""
+    return check_choices(name, methods, FORGETTING_METHODS)
 
 
 def with_head(model: SmallResNet, head: nn.Module) -> nn.Module:
