@@ -1,0 +1,196 @@
+"""The risks of transfer (notebook 08): harmful sources, domain shift, and when scratch catches up.
+
+* :func:`harmful_cnn` -- the same small ResNet as :func:`helpers.vision.pretrained_cnn`, pretrained
+  on a source that teaches nothing useful about digits: the generated glyphs with their labels
+  *shuffled* (the network can only memorise), or pure noise images with random labels. Cached
+  through :func:`helpers.checkpoints.load_or_train` under its own key (``cnn-harmful``).
+* :func:`transfer_grid` -- fine-tune the same target from several starting points (no pretraining,
+  a related source, a harmful one) at several label budgets; every run trains for at least
+  ``min_steps`` steps *and* ``epochs`` passes over its data, so a large budget is not starved.
+* :func:`shift_at` / :func:`shift_recovery` -- inputs shifted with growing severity, and how much a
+  few labelled examples *from the shifted domain* win back.
+* :func:`crossover` -- the smallest label budget at which training from scratch catches up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import data
+from .checkpoints import load_or_train
+from .models import SmallResNet, count_parameters
+
+HARMFUL_SOURCES = ("shuffled_labels", "noise")
+HARMFUL_VERSION = 1
+MAX_DEGREES, MAX_NOISE = 50.0, 0.2  # severity 1; severity 0.5 is the shifted test set of notebook 03
+
+
+# --- a harmful pretraining source -----------------------------------------------------------------
+
+def harmful_source(source: str, n_classes: int, per_class: int, glyphs_per_class: int,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of a source that carries no information about the target's classes.
+
+    ``shuffled_labels``: ``per_class`` real glyphs of each class with the labels randomly permuted
+    (the same images as a helpful source; only memorising them lowers the loss).
+    ``noise``: as many uniform-noise images with random labels.
+    """
+    if source not in HARMFUL_SOURCES:
+        raise ValueError(f"parameter 'harmful_source'={source!r} is not allowed: expected one of "
+                         f"{list(HARMFUL_SOURCES)}")
+    if per_class > glyphs_per_class:
+        raise ValueError(f"parameter 'harmful_per_class'={per_class} is not allowed: expected at most "
+                         f"glyphs_per_class={glyphs_per_class} (the glyphs it is drawn from)")
+    images, labels = data.glyph_dataset(n_classes, glyphs_per_class, seed=seed)
+    index = data.label_budget(labels, per_class, seed)
+    images, labels = images[index], labels[index]
+    gen = torch.Generator().manual_seed(seed + 1)
+    if source == "noise":
+        return torch.rand(images.shape, generator=gen), torch.randint(0, n_classes, (len(labels),), generator=gen)
+    return images, labels[torch.randperm(len(labels), generator=gen)]
+
+
+def harmful_config(params: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Everything that determines the harmful pretrained weights (the checkpoint's key)."""
+    keys = ("glyph_classes", "glyphs_per_class", "harmful_per_class", "harmful_epochs", "width", "lr",
+            "batch_size", "seed", "bf16", "weight_decay")
+    return {"source": source, "version": HARMFUL_VERSION, **{k: params[k] for k in keys}}
+
+
+def harmful_cnn(params: Mapping[str, Any], source: str = "shuffled_labels", device: torch.device | str = "cpu",
+                progress: bool = True) -> tuple[SmallResNet, dict[str, Any]]:
+    """A :class:`SmallResNet` pretrained on :func:`harmful_source` -- loaded if already trained.
+
+    Same architecture, optimiser and learning rate as the related pretraining of notebook 01; only
+    the source differs (and its size: ``harmful_per_class`` x ``glyph_classes`` images for
+    ``harmful_epochs`` epochs). Returns the model and a summary (``history``, ``wall_time``,
+    ``images_seen``, ``train_acc``, ``trained``).
+    """
+    from .train import train
+
+    config = harmful_config(params, source)
+    images, labels = harmful_source(source, params["glyph_classes"], params["harmful_per_class"],
+                                    params["glyphs_per_class"], params["seed"])
+    torch.manual_seed(params["seed"])
+    model = SmallResNet(params["glyph_classes"], width=params["width"])
+
+    def train_fn(net: nn.Module) -> dict[str, Any]:
+        start = time.perf_counter()
+        history = train(net, (images, labels), epochs=params["harmful_epochs"], lr=params["lr"],
+                        batch_size=params["batch_size"], bf16=params["bf16"], device=device,
+                        seed=params["seed"], weight_decay=params["weight_decay"], progress=progress,
+                        desc=f"pretrain ({source})")
+        return {"history": history.rows, "wall_time": time.perf_counter() - start,
+                "images_seen": history.examples_seen, "train_acc": history.last("train_acc"),
+                "params": count_parameters(net), "source": source}
+
+    summary = load_or_train("cnn-harmful", config, model, train_fn)
+    return model.to(device), summary
+
+
+# --- fine-tuning from several starting points -----------------------------------------------------
+
+def steps_for(n_examples: int, batch_size: int, min_steps: int, epochs: int) -> int:
+    """At least ``min_steps`` optimisation steps and at least ``epochs`` passes over the data."""
+    return max(min_steps, math.ceil(epochs * n_examples / min(batch_size, n_examples)))
+
+
+def transfer_grid(task, inits: Mapping[str, nn.Module | None], runs: Sequence[tuple[str, int]],
+                  seeds: Sequence[int], *, min_steps: int, epochs: int, lr: float, batch_size: int,
+                  width: int, bf16: bool, device: torch.device | str = "cpu", weight_decay: float = 1e-4,
+                  progress: bool = True):
+    """Fine-tune from every ``(init, label budget)`` in ``runs``, once per seed; one row per run.
+
+    ``inits`` names the starting points: a pretrained model (fully fine-tuned with a new head) or
+    ``None`` (the same network from random weights). Every run of a budget gets the same number of
+    steps (:func:`steps_for`), whatever it starts from. Built on :func:`helpers.vision.finetune_grid`;
+    its rows plus ``init`` and ``steps``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .vision import finetune_grid
+
+    unknown = sorted({init for init, _ in runs} - set(inits))
+    if unknown:
+        raise ValueError(f"transfer_grid: unknown starting points {unknown}; known: {list(inits)}")
+    frames = []
+    for init, budget in tqdm(list(dict.fromkeys(runs)), desc="transfer runs", disable=not progress):
+        pretrained = inits[init]
+        steps = steps_for(budget * task.num_classes, batch_size, min_steps, epochs)
+        frame = finetune_grid(task, pretrained, [("scratch" if pretrained is None else "full_ft", budget)], list(seeds),
+                              steps=steps, lr=lr, batch_size=batch_size, width=width, bf16=bf16, device=device,
+                              weight_decay=weight_decay, progress=False)
+        frames.append(frame.assign(init=init, steps=steps))
+    return pd.concat(frames, ignore_index=True)
+
+
+def crossover(table, challenger: str = "scratch", incumbent: str = "related", tolerance: float = 0.0) -> int | None:
+    """The smallest budget at which ``challenger``'s mean accuracy reaches ``incumbent``'s (minus
+    ``tolerance``), or ``None`` if it never does. ``table``: ``test_acc_mean`` indexed by (init, budget)."""
+    acc = table["test_acc_mean"]
+    budgets = sorted(set(acc.loc[challenger].index) & set(acc.loc[incumbent].index))
+    reached = [b for b in budgets if acc[(challenger, b)] >= acc[(incumbent, b)] - tolerance]
+    return reached[0] if reached else None
+
+
+# --- domain shift of growing severity -------------------------------------------------------------
+
+def shift_at(images: torch.Tensor, severity: float, seed: int) -> torch.Tensor:
+    """``images`` shifted with ``severity`` in [0, 1]: rotation up to ``50 * severity`` degrees, noise
+    of std ``0.2 * severity``, strokes one pixel thicker from severity 0.5 on.
+
+    One ``seed`` draws the same random directions at every severity, so a higher severity is the same
+    distortion, only stronger. Severity 0 returns the images unchanged.
+    """
+    from .vision import shift
+
+    if not 0.0 <= severity <= 1.0:
+        raise ValueError(f"shift severity={severity!r} is not allowed: expected a number in [0, 1]")
+    if severity == 0:
+        return images.clone()
+    return shift(images, seed, degrees=MAX_DEGREES * severity, noise=MAX_NOISE * severity,
+                 thicken=severity >= 0.5)
+
+
+def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Sequence[int],
+                   severities: Sequence[float], seeds: Sequence[int], *, train_severity: float = 1.0,
+                   steps: int, lr: float, batch_size: int, width: int, bf16: bool,
+                   device: torch.device | str = "cpu", weight_decay: float = 1e-4, progress: bool = True):
+    """Fine-tune on ``budget`` clean labels per class, plus ``k`` labelled examples per class *from
+    the shifted domain* (``train_severity``) for each ``k`` in ``extra_per_class`` (0: clean only),
+    and test on the test set shifted at every severity. One row per (k, severity, seed): ``acc``.
+
+    The shifted examples are other pool examples than the clean ones (new labelled data from the new
+    domain). The test set is shifted with one fixed seed, so every model sees the same test images.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .methods import finetune
+    from .train import evaluate
+
+    tests = {s: (shift_at(task.test[0], s, seed=10_007), task.test[1]) for s in severities}
+    rows = []
+    jobs = [(seed, k) for seed in seeds for k in dict.fromkeys([0, *extra_per_class])]
+    for seed, k in tqdm(jobs, desc="domain-shift runs", disable=not progress):
+        clean = data.label_budget(task.pool[1], budget, seed)
+        images, labels = task.pool[0][clean], task.pool[1][clean]
+        if k:
+            rest = torch.ones(len(task.pool[1]), dtype=torch.bool)
+            rest[clean] = False
+            extra = data.label_budget(task.pool[1], k, seed + 1, indices=torch.nonzero(rest).flatten())
+            images = torch.cat([images, shift_at(task.pool[0][extra], train_severity, seed + 2)])
+            labels = torch.cat([labels, task.pool[1][extra]])
+        tuned = finetune("full_ft", pretrained, (images, labels), num_classes=task.num_classes, steps=steps,
+                         lr=lr, batch_size=batch_size, seed=seed, width=width, bf16=bf16, device=device,
+                         weight_decay=weight_decay)
+        for severity, test in tests.items():
+            rows.append({"extra_per_class": k, "severity": severity, "seed": seed,
+                         "acc": evaluate(tuned.model, test, bf16=bf16)["acc"]})
+    return pd.DataFrame(rows)
