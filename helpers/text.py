@@ -3,9 +3,10 @@
 Everything is offline and built from what every Python installation carries:
 
 * **Corpora** -- English prose (the CPython reference topics and the standard library's docstrings)
-  for pretraining, Python source for *continued* pretraining. The standard-library packages the
-  fine-tuning tasks are made of are held out of both, so no test example is ever seen, not even
-  unlabelled (:func:`pretraining_corpus`, :func:`code_corpus`, :data:`TASK_PACKAGES`).
+  for pretraining, Python source for *continued* pretraining. No test example of a fine-tuning
+  task is ever read, not even unlabelled: the prose corpus leaves out the docstring task's test
+  docstrings, the code corpus leaves out the code task's packages (:data:`TASK_PACKAGES`) entirely
+  (:func:`pretraining_corpus`, :func:`code_corpus`).
 * **Language modelling** -- token blocks with a held-out split (:func:`lm_corpus`), unigram and
   bigram baselines (:func:`ngram_baselines`), a GPT-2 and a BERT built from ``transformers``
   configs, trained by the one loop :func:`helpers.train.train`, stored with ``save_pretrained``
@@ -67,7 +68,7 @@ _TASK_VERSION = 2  # the same for the fine-tuning tasks
 # =================================================================================================
 
 #: The fine-tuning classes: a label and the standard-library packages that make it up. Their
-#: docstrings and source are *held out* of every pretraining corpus (see module docstring).
+#: source is held out of the code corpus; of their docstrings, the test set's (see module docstring).
 TASK_PACKAGES: dict[str, tuple[str, ...]] = {
     "tkinter": ("tkinter",),
     "asyncio": ("asyncio",),
