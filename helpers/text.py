@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
+from .config import check_choices
 from .checkpoints import (CorruptArtifact, artifact_dir, atomic_write_json, cached, save_tensors, verify,
                           writing)
 from .models import count_parameters, set_trainable, tiny_gpt
@@ -948,11 +949,8 @@ LR_FACTOR = {"scratch": 1.0, "frozen": 10.0, "full": 1.0, "lora": 10.0, "ia3": 2
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
-    unknown = [m for m in methods if m not in FT_METHODS]
-    if unknown or not methods:
-        raise ValueError(f"parameter 'ft_methods'={list(methods)!r} is not allowed: expected a non-empty "
-                         f"list from {list(FT_METHODS)}")
-    return list(methods)
+    """Fail early, naming the knob ``text_methods`` and the allowed values, on an unknown method."""
+    return check_choices("text_methods", methods, FT_METHODS)
 
 
 class _RightPaddingIsSafe(logging.Filter):

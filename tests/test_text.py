@@ -203,7 +203,7 @@ def test_every_method_fine_tunes_and_reports_its_costs(tiny):
     assert lora.checkpoint_bytes < full.checkpoint_bytes and frozen.checkpoint_bytes < lora.checkpoint_bytes
     assert lora.memory_bytes < full.memory_bytes and frozen.memory_bytes < full.memory_bytes
     assert all(0 <= r.accuracy <= 1 and r.seconds > 0 for r in results.values())
-    with pytest.raises(ValueError, match="'ft_methods'=\\['prompt'\\]"):
+    with pytest.raises(ValueError, match="'text_methods'=\\['prompt'\\]"):
         text.finetune("prompt", gpt, (x, y), (x, y), num_classes=3, steps=1, lr=1e-3, batch_size=8, seed=0)
 
 
