@@ -529,7 +529,7 @@ def learn_sequence(method: str, pretrained: SmallResNet, tasks: list[tuple[torch
 
 # --- the transformer: specialising a language model, fully or with LoRA ---------------------------
 
-SPECIALISE_METHODS = ("full", "lower_lr", "lora")
+SPECIALISE_METHODS = ("full", "lora")
 
 
 def lora_lm(model: nn.Module, rank: int, alpha: float | None = None,
@@ -554,9 +554,9 @@ def specialise_lm(method: str, pretrained: nn.Module, blocks: torch.Tensor, *, s
                   batch_size: int, seed: int, rank: int = 8, weight_decay: float = 0.0, bf16: bool = False,
                   device: torch.device | str = "cpu") -> tuple[nn.Module, History]:
     """Continue next-token training of a copy of ``pretrained`` on ``blocks`` (``[N, seq_len + 1]``),
-    fully (``"full"``), fully at ``lr / LOWER_LR_FACTOR`` (``"lower_lr"``) or with LoRA (``"lora"``:
-    :func:`lora_lm`; pass it the larger learning rate LoRA needs), for ``steps`` steps of
-    ``batch_size`` blocks (fewer if there are not enough blocks).
+    fully (``"full"``) or with LoRA (``"lora"``: :func:`lora_lm`; pass it the larger learning rate
+    LoRA needs), for ``steps`` steps of ``batch_size`` blocks (fewer if there are not enough blocks).
+    A lower learning rate is just a smaller ``lr``: notebook 05 sweeps it for both methods.
 
     Returns the adapted model (LoRA merged back into plain weights) and its history.
     """
@@ -568,7 +568,6 @@ def specialise_lm(method: str, pretrained: nn.Module, blocks: torch.Tensor, *, s
         model = lora_lm(model, rank)
     # one pass over ``steps * batch_size`` blocks drawn for this seed: exactly ``steps`` steps
     chosen = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:steps * batch_size]
-    lr = lr / LOWER_LR_FACTOR if method == "lower_lr" else lr
     history = train(model, blocks[chosen], task="lm", epochs=1, lr=lr, batch_size=batch_size, seed=seed,
                     weight_decay=weight_decay, warmup_steps=max(1, steps // 10), bf16=bf16, device=device,
                     progress=False)
