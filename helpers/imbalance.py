@@ -35,7 +35,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import metrics
-from .config import check_choices
+from .config import check
 from .train import Data, _forward
 
 METHODS = ("plain", "oversample", "undersample", "class_weighted", "focal", "minority_augment",
@@ -46,7 +46,7 @@ FOCAL_GAMMA = 2.0
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """Fail early, with the allowed names, on an unknown rebalancing method."""
-    return check_choices("imbalance_methods", methods, METHODS)
+    return check("imbalance_methods", list(methods))
 
 
 # --- long-tailed data ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check_choices
+from .config import check
 from .models import SmallResNet, count_parameters, new_head, set_trainable
 from .train import Data, History, default_param_groups, train, train_mode
 
@@ -46,7 +46,7 @@ DISCRIMINATIVE_DECAY = 2.6
 
 def check_methods(methods: list[str]) -> list[str]:
     """Fail early, with the allowed names, on an unknown method."""
-    return check_choices("methods", methods, METHODS)
+    return check("methods", list(methods))
 
 
 def units_top_down(model: SmallResNet) -> list[list[nn.Module]]:
@@ -213,7 +213,7 @@ LWF_TEMPERATURE = 2.0
 
 def check_forgetting_methods(methods: list[str], name: str = "forgetting_methods") -> list[str]:
     """Fail early, naming the parameter ``name`` and the allowed values, on an unknown mitigation."""
-    return check_choices(name, methods, FORGETTING_METHODS)
+    return check(name, list(methods))
 
 
 def with_head(model: SmallResNet, head: nn.Module) -> nn.Module:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
-from .config import check_choices
+from .config import check
 from .checkpoints import (CorruptArtifact, artifact_dir, atomic_write_json, cached, save_tensors, verify,
                           writing)
 from .models import count_parameters, set_trainable, tiny_gpt
@@ -950,7 +950,7 @@ LR_FACTOR = {"scratch": 1.0, "frozen": 10.0, "full": 1.0, "lora": 10.0, "ia3": 2
 
 def check_methods(methods: Sequence[str]) -> list[str]:
     """Fail early, naming the knob ``text_methods`` and the allowed values, on an unknown method."""
-    return check_choices("text_methods", methods, FT_METHODS)
+    return check("text_methods", list(methods))
 
 
 class _RightPaddingIsSafe(logging.Filter):

@@ -63,3 +63,33 @@ def test_resolve_starts_a_results_record(tmp_path):
     resolve("smoke", seed=4)
     assert results.current().profile == "smoke"
     assert results.current().data["params"]["seed"] == 4
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"stream_tasks": [[0, 1], []]}, "parameter 'stream_tasks'=[[0, 1], []] is not allowed: expected a list of lists"),
+    ({"stream_tasks": [[0, 10]]}, "parameter 'stream_tasks'=[[0, 10]] is not allowed: expected a list of lists of int in [0, 9]"),
+    ({"stream_tasks": [0, 1]}, "parameter 'stream_tasks'=[0, 1] is not allowed"),
+    ({"methods": []}, "parameter 'methods'=[] is not allowed: expected a non-empty list from"),
+    ({"methods": ["fine_tune"]}, "parameter 'methods'=['fine_tune'] is not allowed: expected a list of str from"),
+    ({"shift_severities": [0.5, 1.5]}, "parameter 'shift_severities'=[0.5, 1.5] is not allowed"),
+    ({"gpt_width": 30, "gpt_heads": 4}, "parameter 'gpt_width'=30 is not allowed with gpt_heads=4"),
+    ({"task_len": 64, "seq_len": 32}, "parameter 'task_len'=64 is not allowed: the pretrained model reads at most"),
+])
+def test_lists_nested_lists_and_knobs_that_must_fit_together(overrides, expected):
+    with pytest.raises(ValueError) as err:
+        resolve("smoke", **overrides)
+    assert expected in str(err.value)
+
+
+def test_nested_knob_keeps_its_shape():
+    assert resolve("smoke", stream_tasks=[[0], [1, 2]]).stream_tasks == [[0], [1, 2]]
+
+
+def test_check_validates_one_knob_and_budgets_name_theirs():
+    assert config.check("text_lr_factors", [1, 3]) == [1.0, 3.0]
+    with pytest.raises(ValueError, match="unknown parameter 'methodz'"):
+        config.check("methodz", ["scratch"])
+    assert config.check_budgets("transfer_budgets", [1, 30], 30, "pool") == [1, 30]
+    with pytest.raises(ValueError, match=r"parameter 'transfer_budgets'=\[1, 31\] is not allowed: each label "
+                                         r"budget must be in \[1, 30\] examples per class \(pool\)"):
+        config.check_budgets("transfer_budgets", [1, 31], 30, "pool")
