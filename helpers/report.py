@@ -5,14 +5,10 @@ tables, CSS is inline. It shows, for the whole batch: status and time of every n
 claim with its verdict and evidence, metrics (side by side across sweep points), recorded tables and
 figures, errors of failed runs, the profile and parameters used, and the environment (versions,
 CPU, memory). A sweep over ``seed`` is also aggregated: each metric as mean ± std over the seeds,
-per notebook and point of the other swept parameters (:func:`seed_aggregates`; also written to
-``aggregate.json``).
+per notebook and point of the other swept parameters (also written to ``aggregate.json``).
 
-A claim's verdict is one of:
-
-* ``pass`` -- it holds (asserted: the profile is ``quick`` or ``full``);
-* ``FAIL`` -- it does not hold in an asserted profile (the notebook failed on it);
-* ``reported only: holds`` / ``reported only: does not hold`` -- ``smoke`` runs too little to assert.
+What is shown is gathered by :mod:`helpers.aggregate` (results, claim verdicts, seed aggregates);
+this module formats it.
 """
 
 from __future__ import annotations
@@ -20,35 +16,17 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
-import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .aggregate import (claim_counts, claim_verdict, load_results, scalar_metrics, seed_aggregates,
+                        sweep_groups)
 from .checkpoints import atomic_write_bytes
-
 
 
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` atomically (see :func:`helpers.checkpoints.atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def load_results(out: Path, run: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The results a run recorded, or ``None`` when it recorded nothing (or the file is unreadable)."""
-    path = out / run["results"]
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def claim_verdict(claim: Mapping[str, Any]) -> str:
-    """``pass``, ``FAIL``, ``reported only: holds`` or ``reported only: does not hold``."""
-    if claim.get("asserted"):
-        return "pass" if claim.get("holds") else "FAIL"
-    return "reported only: " + ("holds" if claim.get("holds") else "does not hold")
 
 
 def fmt(value: Any) -> str:
@@ -74,17 +52,10 @@ def _seconds(value: float | None) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
-def _flat(text: str, limit: int) -> str:
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` with whitespace runs (newlines too) collapsed, cut to ``limit`` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _claim_counts(results: Mapping[str, Any] | None) -> dict[str, int]:
-    counts = {"pass": 0, "fail": 0, "reported": 0}
-    for claim in (results or {}).get("claims", []):
-        verdict = claim_verdict(claim)
-        counts["pass" if verdict == "pass" else "fail" if verdict == "FAIL" else "reported"] += 1
-    return counts
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:
@@ -98,105 +69,6 @@ def _counts_text(counts: Mapping[str, int]) -> str:
 
 def _point_text(point: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in point.items())
-
-
-def _scalar_metrics(results: Mapping[str, Any] | None) -> dict[str, Any]:
-    metrics = (results or {}).get("metrics", {})
-    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _stat(xs: Sequence[float]) -> dict[str, Any]:
-    return {"mean": statistics.fmean(xs), "n": len(xs),
-            "std": statistics.stdev(xs) if len(xs) > 1 else None}
-
-
-def flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric metrics, with dicts flattened: ``{"gap": {"1": 0.2}}`` -> ``{"gap[1]": 0.2}``.
-    Lists (curves), strings and booleans are left out."""
-    flat: dict[str, float] = {}
-    for name, value in metrics.items():
-        key = f"{prefix}[{name}]" if prefix else str(name)
-        if isinstance(value, Mapping):
-            flat.update(flat_numbers(value, key))
-        elif (number := _number(value)) is not None:
-            flat[key] = number
-    return flat
-
-
-def aggregate_table(tables: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """One table recorded by every seed, aggregated cell by cell.
-
-    Tables are matched row by row, so they must have the same columns and number of rows (else
-    ``None``). A cell equal in every seed (a method's name, a budget) is kept; a numeric cell that
-    varies becomes ``{"mean", "std", "n"}``; any other varying cell becomes ``"(varies)"``.
-    """
-    first = tables[0]
-    columns, nrows = first.get("columns"), len(first.get("rows", []))
-    if any(t.get("columns") != columns or len(t.get("rows", [])) != nrows for t in tables):
-        return None
-    rows = []
-    for i in range(nrows):
-        if any(len(t["rows"][i]) != len(columns) for t in tables):
-            return None
-        row = []
-        for j in range(len(columns)):
-            cells = [t["rows"][i][j] for t in tables]
-            numbers = [_number(c) for c in cells]
-            if all(c == cells[0] for c in cells):
-                row.append(cells[0])
-            elif all(n is not None for n in numbers):
-                row.append(_stat(numbers))  # type: ignore[arg-type]
-            else:
-                row.append("(varies)")
-        rows.append(row)
-    return {"columns": columns, "rows": rows}
-
-
-def seed_aggregates(runs: Sequence[Mapping[str, Any]],
-                    results: Mapping[str, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of every numeric metric and table, per notebook and sweep point.
-
-    Successful runs of one notebook whose sweep points differ only in ``seed`` form a group; a
-    group is reported when it holds at least two seeds. Each group is
-    ``{"notebook", "point": {the other swept values}, "seeds": [...], "metrics": {name: {"mean",
-    "std", "n"}}, "tables": {name: {"columns", "rows"}}}``: ``std`` is the sample standard
-    deviation (``None`` for one value), ``n`` the number of seeds that recorded the metric; metrics
-    that are dicts are flattened (``gap[1]``); tables are aggregated cell by cell
-    (:func:`aggregate_table`). Failed runs are left out: a partial run's numbers would bias the mean.
-    """
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for run in runs:
-        if run.get("status") != "ok" or "seed" not in run.get("point", {}):
-            continue
-        point = {k: v for k, v in run["point"].items() if k != "seed"}
-        key = (run["notebook"], json.dumps(point, sort_keys=True, default=str))
-        group = groups.setdefault(key, {"notebook": run["notebook"], "point": point,
-                                        "seeds": [], "values": {}, "recorded": []})
-        group["seeds"].append(run["point"]["seed"])
-        recorded = results.get(run["name"]) or {}
-        group["recorded"].append(recorded.get("tables") or {})
-        for name, number in flat_numbers(recorded.get("metrics") or {}).items():
-            group["values"].setdefault(name, []).append(number)
-    out = []
-    for group in groups.values():
-        values, recorded = group.pop("values"), group.pop("recorded")
-        if len(set(map(str, group["seeds"]))) < 2:
-            continue
-        group["metrics"] = {name: _stat(xs) for name, xs in values.items()}
-        group["tables"] = {}
-        for name in recorded[0]:
-            if all(name in tables for tables in recorded):
-                table = aggregate_table([tables[name] for tables in recorded])
-                if table is not None:
-                    group["tables"][name] = table
-        out.append(group)
-    return out
 
 
 def fmt_mean_std(stat: Mapping[str, Any], seeds: int) -> str:
@@ -229,11 +101,15 @@ def _aggregate_title(group: Mapping[str, Any]) -> str:
     return f"{group['notebook']}{where}: {len(group['seeds'])} seeds ({seeds})"
 
 
-def _sweep_groups(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault(run["notebook"], []).append(run)
-    return {name: group for name, group in groups.items() if len(group) > 1}
+def _status_text(run: Mapping[str, Any]) -> str:
+    return run["status"] + (" (earlier session)" if run.get("earlier") else "")
+
+
+def _resumed_text(batch: Mapping[str, Any]) -> str:
+    resumed = batch.get("resumed") or []
+    if not resumed:
+        return ""
+    return f"; resumed {len(resumed)} time{'s' if len(resumed) != 1 else ''} (last {resumed[-1]['started']})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +143,7 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
              + (f"; {batch['jobs']} notebooks at a time" if (batch.get("jobs") or 1) > 1 else ""), ""]
     if failed:
         lines += ["## Failed", ""]
-        lines += [f"- **{r['name']}**: {r['error']['name']}: {_flat(r['error']['message'], 300)} "
+        lines += [f"- **{r['name']}**: {r['error']['name']}: {one_line(r['error']['message'], 300)} "
                   f"([executed notebook]({r['output']}))" for r in failed]
         lines.append("")
 
@@ -275,7 +151,7 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
     lines += _md_table(
         ["run", "status", "time", "peak memory (MB)", "claims", "notebook"],
         [[r["name"], _status_text(r), _seconds(r.get("wall_s")), r.get("peak_rss_mb"),
-          _counts_text(_claim_counts(results.get(r["name"]))), f"[{r['output']}]({r['output']})"]
+          _counts_text(claim_counts(results.get(r["name"]))), f"[{r['output']}]({r['output']})"]
          for r in runs])
 
     claims = [(r["name"], c) for r in runs for c in (results.get(r["name"]) or {}).get("claims", [])]
@@ -292,13 +168,13 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
         for title, columns, rows in _aggregate_tables(group):
             lines += [f"Mean ± std over seeds, {title}:", ""] + _md_table(columns, rows)
 
-    for notebook, group in _sweep_groups(runs).items():
-        names = list(dict.fromkeys(k for r in group for k in _scalar_metrics(results.get(r["name"]))))
+    for notebook, group in sweep_groups(runs).items():
+        names = list(dict.fromkeys(k for r in group for k in scalar_metrics(results.get(r["name"]))))
         if names:
             lines += [f"## Sweep: {notebook}", ""]
             lines += _md_table(["point", *names],
                                [[_point_text(r["point"]),
-                                 *(_scalar_metrics(results.get(r["name"])).get(n) for n in names)]
+                                 *(scalar_metrics(results.get(r["name"])).get(n) for n in names)]
                                 for r in group])
 
     lines += ["## Metrics per run", ""]
@@ -313,7 +189,7 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
         if res.get("figures"):
             lines.append("")
         if run.get("error"):
-            lines += [f"Error: `{run['error']['name']}: {_flat(run['error']['message'], 300)}`", ""]
+            lines += [f"Error: `{run['error']['name']}: {one_line(run['error']['message'], 300)}`", ""]
         if not res:
             lines += ["(no results recorded)", ""]
 
@@ -371,17 +247,6 @@ def _verdict_html(verdict: str) -> str:
     return f"<span class=\"{css}\">{html.escape(verdict)}</span>"
 
 
-def _status_text(run: Mapping[str, Any]) -> str:
-    return run["status"] + (" (earlier session)" if run.get("earlier") else "")
-
-
-def _resumed_text(batch: Mapping[str, Any]) -> str:
-    resumed = batch.get("resumed") or []
-    if not resumed:
-        return ""
-    return f"; resumed {len(resumed)} time{'s' if len(resumed) != 1 else ''} (last {resumed[-1]['started']})"
-
-
 def _status_html(status: str) -> str:
     return f"<span class=\"{html.escape(status)}\">{html.escape(status)}</span>"
 
@@ -427,7 +292,7 @@ def render_html(out: Path, batch: Mapping[str, Any],
     if failed:
         items = "".join(
             f"<li><a href=\"#{_anchor(r['name'])}\">{html.escape(r['name'])}</a>: "
-            f"<b>{html.escape(r['error']['name'])}</b>: {html.escape(_flat(r['error']['message'], 300))}</li>"
+            f"<b>{html.escape(r['error']['name'])}</b>: {html.escape(one_line(r['error']['message'], 300))}</li>"
             for r in failed)
         parts.append(f"<div class=\"box\"><b>Failed</b><ul>{items}</ul></div>")
 
@@ -437,7 +302,7 @@ def render_html(out: Path, batch: Mapping[str, Any],
         [[f"<a href=\"#{_anchor(r['name'])}\">{html.escape(r['name'])}</a>", _status_html(r["status"])
           + (" <span class=\"muted\">(earlier session)</span>" if r.get("earlier") else ""),
           html.escape(_seconds(r.get("wall_s"))), _e(r.get("peak_rss_mb")),
-          html.escape(_counts_text(_claim_counts(results.get(r["name"])))),
+          html.escape(_counts_text(claim_counts(results.get(r["name"])))),
           len((results.get(r["name"]) or {}).get("metrics", {})),
           f"<a href=\"{html.escape(r['output'])}\">{html.escape(r['output'])}</a>"]
          for r in runs], raw=(0, 1, 2, 3, 4, 6)))
@@ -455,13 +320,13 @@ def render_html(out: Path, batch: Mapping[str, Any],
             parts.append(f"<p>Mean ± std over seeds, <b>{html.escape(title)}</b>:</p>")
             parts.append(_html_table(columns, rows))
 
-    for notebook, group in _sweep_groups(runs).items():
-        names = list(dict.fromkeys(k for r in group for k in _scalar_metrics(results.get(r["name"]))))
+    for notebook, group in sweep_groups(runs).items():
+        names = list(dict.fromkeys(k for r in group for k in scalar_metrics(results.get(r["name"]))))
         if names:
             parts.append(f"<h2>Sweep: {html.escape(notebook)}</h2>")
             parts.append(_html_table(["point", *names],
                                      [[_point_text(r["point"]),
-                                       *(_scalar_metrics(results.get(r["name"])).get(n) for n in names)]
+                                       *(scalar_metrics(results.get(r["name"])).get(n) for n in names)]
                                       for r in group]))
 
     parts.append("<h2>Notebook runs</h2>")

@@ -248,7 +248,8 @@ def test_resume_input_checks(nbdir, tmp_path, capsys, monkeypatch):
 
 
 def test_seed_aggregates_group_by_the_other_swept_values():
-    from helpers.report import fmt_mean_std, seed_aggregates
+    from helpers.aggregate import seed_aggregates
+    from helpers.report import fmt_mean_std
 
     def entry(name, seed, lr, status="ok"):
         return {"name": name, "notebook": "03_x", "point": {"seed": seed, "lr": lr}, "status": status}
