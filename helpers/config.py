@@ -169,7 +169,7 @@ KNOBS: dict[str, Knob] = {
     "shift_severities": Knob(float, "domain-shift severities tested: 0 is clean, 1 the strongest", low=0.0,
                              high=1.0, is_list=True),
     "shift_budget": Knob(int, "clean labels per class of the domain-shift model", low=1, high=100_000),
-    "shift_extra": Knob(int, "labelled shifted examples per class added to win accuracy back", low=0,
+    "shift_extra": Knob(int, "labelled shifted examples per class added to win accuracy back", low=1,
                         high=100_000, is_list=True),
 }
 
@@ -334,6 +334,21 @@ def _check_together(params: Mapping[str, Any]) -> None:
     if "task_len" in params and "seq_len" in params and params["task_len"] > params["seq_len"]:
         raise ValueError(f"parameter 'task_len'={params['task_len']} is not allowed: the pretrained model reads "
                          f"at most seq_len={params['seq_len']} tokens")
+    tasks = params.get("stream_tasks")
+    if tasks is not None:
+        classes = [c for group in tasks for c in group]
+        if len(tasks) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"parameter 'stream_tasks'={tasks!r} is not allowed: expected two or more disjoint "
+                             f"lists of classes (a class belongs to one task)")
+    if "large_budget" in params and "small_budget" in params and params["large_budget"] <= params["small_budget"]:
+        raise ValueError(f"parameter 'large_budget'={params['large_budget']} is not allowed: expected more than "
+                         f"small_budget={params['small_budget']}")
+    if "shift_severities" in params and 0 not in params["shift_severities"]:
+        raise ValueError(f"parameter 'shift_severities'={params['shift_severities']!r} is not allowed: expected "
+                         f"severities in [0, 1] that include 0 (the clean baseline)")
+    if params.get("harmful_per_class", 0) > params.get("glyphs_per_class", float("inf")):
+        raise ValueError(f"parameter 'harmful_per_class'={params['harmful_per_class']} is not allowed: expected at "
+                         f"most glyphs_per_class={params['glyphs_per_class']}")
 
 
 def validate(params: Mapping[str, Any]) -> Params:

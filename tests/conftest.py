@@ -33,3 +33,20 @@ def _results_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "test.results.json"))
     import helpers.results as results
     monkeypatch.setattr(results, "_current", None)
+
+
+@pytest.fixture(scope="session")
+def shared_store(tmp_path_factory) -> Path:
+    """One store for every notebook execution of a test session (smoke, quick, student, browser):
+    what one notebook pretrains, the next loads, as for a learner running them in order."""
+    return tmp_path_factory.mktemp("store")
+
+
+_ORDER = {"notebooks": 1, "browser": 2, "claims": 3}  # unit tests (0) first, the slowest last
+
+
+def pytest_collection_modifyitems(items):
+    """Unit tests first, then smoke notebooks, the browser (on the store they filled), quick claims."""
+    def rank(item) -> int:
+        return max((_ORDER.get(mark.name, 0) for mark in item.iter_markers()), default=0)
+    items.sort(key=rank)  # stable: the order within a group is kept

@@ -114,7 +114,7 @@ def _wait_for_server(url: str, token: str, proc: subprocess.Popen, log: Path) ->
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, shared_store):
     """JupyterLab serving a copy of notebooks/ plus the prepared notebook; yields (url, token, name)."""
     root = tmp_path / "lab"
     shutil.copytree(ROOT / "notebooks", root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
@@ -129,7 +129,7 @@ def lab(tmp_path):
     news.write_text(json.dumps({"fetchNews": "false"}))
     port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("WORKBOOK_STATIC", "JPY_SESSION_NAME")}
-    env.update(WORKBOOK_STORE=str(tmp_path / "store"), WORKBOOK_RESULTS=str(tmp_path / "lab.results.json"),
+    env.update(WORKBOOK_STORE=str(shared_store),  # the suite's store: 01's CNN is already there WORKBOOK_RESULTS=str(tmp_path / "lab.results.json"),
                JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),  # no user settings, no workspaces
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(settings),
@@ -191,6 +191,7 @@ def _run_all_and_wait(page) -> list[dict]:
     pytest.fail(f"cells still running after {RUN_S} s: {json.dumps(state)}")
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(chromium() is None, reason="no Chromium binary (install Debian's `chromium` "
                     "package, or set $WORKBOOK_CHROMIUM to a Chromium/Chrome executable)")
 def test_notebook_runs_in_jupyterlab_with_a_live_widget(lab, tmp_path):

@@ -74,6 +74,12 @@ def test_resolve_starts_a_results_record(tmp_path):
     ({"shift_severities": [0.5, 1.5]}, "parameter 'shift_severities'=[0.5, 1.5] is not allowed"),
     ({"gpt_width": 30, "gpt_heads": 4}, "parameter 'gpt_width'=30 is not allowed with gpt_heads=4"),
     ({"task_len": 64, "seq_len": 32}, "parameter 'task_len'=64 is not allowed: the pretrained model reads at most"),
+    ({"stream_tasks": [[0, 1], [1, 2]]}, "parameter 'stream_tasks'=[[0, 1], [1, 2]] is not allowed: expected two or more disjoint"),
+    ({"stream_tasks": [[0, 1, 2]]}, "parameter 'stream_tasks'=[[0, 1, 2]] is not allowed"),
+    ({"small_budget": 6, "large_budget": 6}, "parameter 'large_budget'=6 is not allowed: expected more than small_budget=6"),
+    ({"shift_severities": [0.5, 1.0]}, "parameter 'shift_severities'=[0.5, 1.0] is not allowed: expected severities in [0, 1] that include 0"),
+    ({"harmful_per_class": 50}, "parameter 'harmful_per_class'=50 is not allowed: expected at most glyphs_per_class=20"),
+    ({"shift_extra": [0]}, "parameter 'shift_extra'=[0] is not allowed"),
 ])
 def test_lists_nested_lists_and_knobs_that_must_fit_together(overrides, expected):
     with pytest.raises(ValueError) as err:

@@ -1,7 +1,15 @@
-"""Every notebook executes: in `smoke` (papermill, and nbval-lax), and its claims hold in `quick`.
+"""Every notebook executes once in `smoke` (under nbval), and its claims hold in `quick`.
 
-The notebooks share one store per test session, so a checkpoint pretrained by notebook 01 is reused
-by 03, exactly as for a learner; a notebook run alone would train it through `load_or_train`.
+* **smoke** (marker ``notebooks``): papermill prepares each notebook with *every knob its
+  parameters cell declares* set to the smoke profile's value, through the batch runner's own
+  parameter mapping (so a parameter the runner cannot pass fails here), and nbval executes it: each
+  cell is a test, run once. The recorded parameters must equal the smoke profile: every declared
+  knob reached ``resolve`` under its own name.
+* **quick** (marker ``claims``): the claims each notebook asserts, on the numbers it measures.
+
+The notebooks share one store per test session (``shared_store`` in conftest), so a checkpoint
+pretrained by notebook 01 is reused by 03, exactly as for a learner; a notebook run alone would
+train it through ``load_or_train``.
 """
 
 from __future__ import annotations
@@ -16,14 +24,27 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
+from helpers.config import KNOBS, PROFILES
+from helpers.plan import SPECIAL_PARAMETERS, check_declared, notebook_parameters
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SMOKE_SECONDS = 60  # the budget per notebook in smoke (DESIGN: tests stay fast)
 
 
-@pytest.fixture(scope="session")
-def shared_store(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("store")
+def declared_knobs(notebook: Path) -> dict[str, object]:
+    """The knobs a notebook's parameters cell declares (lower-case), after the runner's own check."""
+    declared = pm.inspect_notebook(str(notebook))
+    check_declared(notebook, declared)
+    return {name.lower(): declared[name] for name in declared if name not in SPECIAL_PARAMETERS}
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_parameter_is_a_knob_with_a_value_in_every_profile(notebook):
+    knobs = declared_knobs(notebook)
+    assert "seed" in knobs, f"{notebook.name} declares no SEED"
+    for name in knobs:
+        assert name in KNOBS and all(name in profile for profile in PROFILES.values()), name
 
 
 def _execute(notebook: Path, profile: str, out_dir: Path, store: Path, monkeypatch) -> dict:
@@ -44,24 +65,30 @@ def _execute(notebook: Path, profile: str, out_dir: Path, store: Path, monkeypat
     return recorded
 
 
+@pytest.mark.notebooks
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke(notebook, tmp_path, shared_store, monkeypatch):
-    recorded = _execute(notebook, "smoke", tmp_path, shared_store, monkeypatch)
+def test_notebook_runs_in_smoke_under_nbval(notebook, tmp_path, shared_store):
+    smoke = PROFILES["smoke"]
+    values = {name: smoke[name] for name in declared_knobs(notebook)}
+    parameters = notebook_parameters(notebook, "smoke", values, pm.inspect_notebook(str(notebook)))
+    prepared = tmp_path / notebook.name
+    pm.execute_notebook(str(notebook), str(prepared), parameters=parameters, prepare_only=True,
+                        kernel_name="python3")
+    results = tmp_path / f"{notebook.stem}.results.json"
+    env = {**os.environ, "WORKBOOK_STORE": str(shared_store), "WORKBOOK_RESULTS": str(results)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path), str(prepared)],
+                          cwd=notebook.parent, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    first_failure = proc.stdout[proc.stdout.find("=== FAILURES ==="):][:6000]  # the first cell that failed
+    assert proc.returncode == 0, first_failure + proc.stdout[-1500:] + proc.stderr[-2000:]
+    recorded = json.loads(results.read_text())
     assert recorded["profile"] == "smoke"
     assert recorded["claims"], f"{notebook.name} checks no claims"
-    assert recorded["seconds"] < SMOKE_SECONDS * 2, f"{notebook.name}: {recorded['seconds']:.0f} s in smoke"
-
-
-def test_nbval_lax_over_smoke_notebooks(tmp_path, shared_store):
-    """nbval runs each notebook as a test (cells must not raise); parameters prepared as smoke."""
-    for notebook in NOTEBOOKS:
-        pm.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters={"PROFILE": "smoke"},
-                            prepare_only=True, kernel_name="python3")
-    env = {**os.environ, "WORKBOOK_STORE": str(shared_store), "WORKBOOK_RESULTS": str(tmp_path / "nbval.results.json")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
-                           "--rootdir", str(tmp_path), str(tmp_path)],
-                          cwd=ROOT / "notebooks", env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    for name, value in values.items():  # each declared knob arrived under its own name
+        assert recorded["params"][name] == value, (name, recorded["params"][name], value)
+    assert seconds < SMOKE_SECONDS * 2, f"{notebook.name}: {seconds:.0f} s in smoke"
 
 
 @pytest.mark.claims
@@ -76,6 +103,7 @@ def test_claims_hold_in_quick(notebook, tmp_path, shared_store, monkeypatch):
 EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if '"solution"' in p.read_text()]
 
 
+@pytest.mark.notebooks
 @pytest.mark.parametrize("notebook", EXERCISE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_student_version_stops_at_its_first_exercise(notebook, tmp_path, shared_store, monkeypatch):
     """The handout runs up to the first exercise and fails there, with the stub's message."""
