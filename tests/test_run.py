@@ -1,4 +1,5 @@
-"""The batch runner ``python -m helpers.run``: input checks (no kernel) and real papermill runs.
+"""The batch runner ``python -m helpers.run`` (and :mod:`helpers.plan` behind it): input checks (no
+kernel) and real papermill runs.
 
 Kernel starts are kept to five: a 2-point seed sweep of one notebook run two at a time (--jobs 2),
 a failing notebook followed by one that works, and a --resume of that batch (only the failed one
@@ -14,7 +15,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import run
+from helpers import plan, run
 
 GOOD = """\
 from helpers.config import resolve
@@ -110,26 +111,26 @@ def test_empty_notebooks_dir(tmp_path, capsys):
 
 
 def test_values_sweeps_names_and_selection(nbdir, tmp_path):
-    assert run.parse_value("1e-3") == 0.001 and run.parse_value("cpu") == "cpu"
-    assert run.parse_value("False") is False and run.parse_value("true", "bf16") is True
-    assert run.split_values("[1, 2],[3],x") == ["[1, 2]", "[3]", "x"]
-    sweeps = run.parse_sweeps(["seed=0,1,2", "lr=1e-3,3e-3,0.001"])
+    assert plan.parse_value("1e-3") == 0.001 and plan.parse_value("cpu") == "cpu"
+    assert plan.parse_value("False") is False and plan.parse_value("true", "bf16") is True
+    assert plan.split_values("[1, 2],[3],x") == ["[1, 2]", "[3]", "x"]
+    sweeps = plan.parse_sweeps(["seed=0,1,2", "lr=1e-3,3e-3,0.001"])
     assert sweeps == {"seed": [0, 1, 2], "lr": [0.001, 0.003]}
-    points = run.sweep_points(sweeps)
+    points = plan.sweep_points(sweeps)
     assert len(points) == 6 and points[1] == {"seed": 0, "lr": 0.003}
-    assert run.sweep_points({}) == [{}]
-    assert run.output_stem("03_finetune_cnn", {"seed": 0, "lr": 0.001}) == "03_finetune_cnn__seed=0__lr=0.001"
-    assert run.parse_params(["lr=1", "bf16=False", "device=cpu"]) == {"lr": 1.0, "bf16": False, "device": "cpu"}
+    assert plan.sweep_points({}) == [{}]
+    assert plan.output_stem("03_finetune_cnn", {"seed": 0, "lr": 0.001}) == "03_finetune_cnn__seed=0__lr=0.001"
+    assert plan.parse_params(["lr=1", "bf16=False", "device=cpu"]) == {"lr": 1.0, "bf16": False, "device": "cpu"}
 
     for name in ("2", "02", "02_good_too", "02_good_too.ipynb", str(nbdir / "02_good_too.ipynb")):
-        assert run.find_notebook(name, nbdir) == (nbdir / "02_good_too.ipynb").resolve()
-    assert [p.name for p in run.available_notebooks(nbdir)][:2] == ["00_good.ipynb", "01_bad.ipynb"]
+        assert plan.find_notebook(name, nbdir) == (nbdir / "02_good_too.ipynb").resolve()
+    assert [p.name for p in plan.available_notebooks(nbdir)][:2] == ["00_good.ipynb", "01_bad.ipynb"]
 
     declared = {"PROFILE": {"default": '"quick"'}, "OVERRIDES": {"default": "{'epochs': 2}"},
                 "SEED": {"default": "None"}}
-    assert run.notebook_parameters(Path("x.ipynb"), "smoke", {"seed": 3, "lr": 0.1}, declared) == \
+    assert plan.notebook_parameters(Path("x.ipynb"), "smoke", {"seed": 3, "lr": 0.1}, declared) == \
         {"PROFILE": "smoke", "SEED": 3, "OVERRIDES": {"epochs": 2, "lr": 0.1}}
-    assert run.notebook_parameters(Path("x.ipynb"), "quick", {}, declared) == {"PROFILE": "quick"}
+    assert plan.notebook_parameters(Path("x.ipynb"), "quick", {}, declared) == {"PROFILE": "quick"}
 
 
 # ---------------------------------------------------------------- real executions (papermill)
@@ -168,6 +169,10 @@ def test_sweep_runs_each_point_and_reports(nbdir, tmp_path, capsys):
         assert "Across seeds: 00_good: 2 seeds (0, 1)" in text
         assert "0.5 ± 0.7071" in text  # metric x = seed: mean and sample std over seeds 0 and 1
     assert "<table>" in html and "python" in html and "ipywidgets" in html
+    for entry in batch["runs"]:  # each notebook run's time, in the runs table of both reports
+        shown = f"{entry['wall_s']:.1f} s"
+        assert f"| {entry['name']} | ok | {shown} |" in summary
+        assert f"{entry['name']}</a></td><td><span class=\"ok\">ok</span></td><td>{shown}</td>" in html
     aggregate = json.loads((out / "aggregate.json").read_text())
     assert aggregate[0]["metrics"]["x"] == {"mean": 0.5, "std": pytest.approx(0.70710678), "n": 2}
 
@@ -241,7 +246,7 @@ def test_resume_input_checks(nbdir, tmp_path, capsys, monkeypatch):
                      "-p", "lr=0.1"]) == 2
     assert "ran with parameters" in capsys.readouterr().err
     # the recorded command, all done already: nothing runs, no kernel starts
-    monkeypatch.setattr(run, "repo_root", lambda: tmp_path)  # --resume alone: newest runs/*/
+    monkeypatch.setattr(plan, "repo_root", lambda: tmp_path)  # --resume alone: newest runs/*/
     assert run.main(["--resume"]) == 0
     assert "1 execution already done, 0 to run" in capsys.readouterr().out
     assert (done / "report.html").is_file()
