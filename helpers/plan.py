@@ -2,14 +2,15 @@
 
 Nothing here starts a kernel. :func:`parse_params` and :func:`parse_sweeps` read ``-p`` and
 ``--sweep`` values and validate them against :data:`helpers.config.KNOBS`; :func:`find_notebook`
-resolves a notebook named by path, file name, stem or number; :func:`notebook_parameters` maps
-knobs onto a notebook's ``parameters`` cell; :class:`Job` is one
+resolves a notebook named by path, file name, stem or number; :func:`check_declared` and
+:func:`notebook_parameters` map knobs onto a notebook's ``parameters`` cell; :class:`Job` is one
 planned execution and :class:`Plan` all of them. The resume state lives here too: the
 ``batch.json`` of an earlier session (:func:`load_batch`) and which of its executions are kept
 (:func:`merge_previous`). Any bad input raises :class:`UsageError` with one clear message.
 
 How a parameter reaches a notebook: each notebook has a papermill cell tagged ``parameters`` with
-``PROFILE``, ``OVERRIDES = {}`` and some knobs upper-cased (``SEED = None``). A knob ``lr`` is
+``PROFILE``, ``OVERRIDES = {}`` and some knobs upper-cased (``SEED = None``): a notebook parameter
+``X`` is always the knob ``x``, and any other upper-case name there is an error. A knob ``lr`` is
 passed as ``LR`` when the notebook declares ``LR``, otherwise inside ``OVERRIDES`` (merged with the
 notebook's own ``OVERRIDES``). ``PROFILE`` is always passed.
 """
@@ -31,6 +32,7 @@ from . import config
 from .checkpoints import repo_root
 
 _NUMBERED = re.compile(r"^(\d+)_.+\.ipynb$")
+SPECIAL_PARAMETERS = ("PROFILE", "OVERRIDES")  # the upper-case names of a parameters cell that are not knobs
 
 
 class UsageError(Exception):
@@ -84,7 +86,10 @@ def _split_assignment(text: str, option: str) -> tuple[str, str]:
         raise UsageError(f"{option} {text!r}: set the profile with --profile "
                          f"(one of: {', '.join(config.PROFILES)}), not with {option}")
     if name not in config.KNOBS:
-        near = difflib.get_close_matches(name, list(config.KNOBS), n=1)
+        if name.lower() in config.KNOBS:
+            near = [name.lower()]  # parameters are knob names, lower case
+        else:
+            near = difflib.get_close_matches(name, list(config.KNOBS), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise UsageError(f"{option} {text!r}: unknown parameter {name!r}{hint}; "
                          f"known parameters: {', '.join(sorted(config.KNOBS))}")
@@ -179,6 +184,21 @@ def find_notebook(name: str, folder: Path) -> Path:
     near = difflib.get_close_matches(name.removesuffix(".ipynb"), [p.stem for p in available], n=1)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
     raise UsageError(f"unknown notebook {name!r}{hint}; available in {folder}: {listing}")
+
+
+def check_declared(path: Path, declared: Mapping[str, Any]) -> None:
+    """Refuse a notebook whose ``parameters`` cell declares an upper-case name that is neither
+    ``PROFILE``, ``OVERRIDES`` nor a knob upper-cased: the runner could not pass it a value."""
+    allowed = [*SPECIAL_PARAMETERS, *sorted(name.upper() for name in config.KNOBS)]
+    for name in declared:
+        if name != name.upper() or name in allowed:
+            continue
+        near = difflib.get_close_matches(name, allowed, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise UsageError(
+            f"notebook {path.name} declares parameter {name} in its 'parameters' cell, which is not "
+            f"a knob{hint}: a notebook parameter must be PROFILE, OVERRIDES or a knob of "
+            f"helpers.config.KNOBS upper-cased; allowed: {', '.join(allowed)}")
 
 
 def notebook_parameters(path: Path, profile: str, values: Mapping[str, Any],
@@ -333,7 +353,8 @@ def merge_previous(jobs: list[Job], previous: Mapping[str, Any], out: Path) -> l
 
 def plan_jobs(notebooks: Sequence[Path], folder: Path, profile: str, params: Mapping[str, Any],
               sweeps: Mapping[str, Sequence[Any]]) -> list[Job]:
-    """One :class:`Job` per notebook and sweep point, each with a unique name."""
+    """One :class:`Job` per notebook and sweep point, each with a unique name; every notebook's
+    ``parameters`` cell is read and checked (:func:`check_declared`) before anything runs."""
     import papermill
 
     jobs: list[Job] = []
@@ -344,6 +365,7 @@ def plan_jobs(notebooks: Sequence[Path], folder: Path, profile: str, params: Map
             declared = papermill.inspect_notebook(str(notebook))
         except Exception as err:  # unreadable JSON, not a notebook...
             raise UsageError(f"cannot read notebook {notebook}: {type(err).__name__}: {err}") from None
+        check_declared(notebook, declared)
         cwd = folder if notebook.parent == folder else notebook.parent
         for point in points:
             parameters = notebook_parameters(notebook, profile, {**params, **point}, declared)

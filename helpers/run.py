@@ -34,9 +34,10 @@ Everything is checked before the first notebook starts (profile, parameter names
 notebook names, output folder); a bad input prints one clear message and exits with status 2.
 
 How a parameter reaches a notebook: each notebook has a papermill cell tagged ``parameters`` with
-``PROFILE``, ``OVERRIDES = {}`` and some upper-case knobs (``SEED = None``). A knob ``lr`` is passed
-as ``LR`` when the notebook declares ``LR``, otherwise inside ``OVERRIDES`` (merged with the
-notebook's own ``OVERRIDES``). ``PROFILE`` is always passed.
+``PROFILE``, ``OVERRIDES = {}`` and some knobs upper-cased (``SEED = None``); a notebook parameter
+``X`` is always the knob ``x``, and a notebook declaring any other upper-case name is refused before
+anything runs. A knob ``lr`` is passed as ``LR`` when the notebook declares ``LR``, otherwise inside
+``OVERRIDES`` (merged with the notebook's own ``OVERRIDES``). ``PROFILE`` is always passed.
 
 Output folder (default ``runs/<YYYYmmdd-HHMMSS>/`` under the repository root):
 

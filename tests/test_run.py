@@ -65,6 +65,8 @@ def _cli(nbdir: Path, out: Path, *args: str) -> list[str]:
 @pytest.mark.parametrize("args, expected", [
     (["--profile", "quik"], ["unknown profile 'quik'", "did you mean 'quick'", "smoke, quick, full"]),
     (["-p", "lrr=0.1"], ["unknown parameter 'lrr'", "did you mean 'lr'"]),
+    (["-p", "LR=0.1"], ["unknown parameter 'LR'", "did you mean 'lr'"]),  # knobs are lower case
+    (["-p", "batch=3"], ["unknown parameter 'batch'", "known parameters: "]),
     (["-p", "lr=-1"], ["'lr'", "-1", "float in [1e-08, 10.0]"]),
     (["-p", "device=gpu"], ["'device'", "'gpu'", "['auto', 'cpu', 'cuda', 'mps']"]),
     (["-p", "bf16=maybe"], ["'bf16'", "maybe", "bool"]),
@@ -131,6 +133,28 @@ def test_values_sweeps_names_and_selection(nbdir, tmp_path):
     assert plan.notebook_parameters(Path("x.ipynb"), "smoke", {"seed": 3, "lr": 0.1}, declared) == \
         {"PROFILE": "smoke", "SEED": 3, "OVERRIDES": {"epochs": 2, "lr": 0.1}}
     assert plan.notebook_parameters(Path("x.ipynb"), "quick", {}, declared) == {"PROFILE": "quick"}
+
+
+def test_notebook_parameters_must_be_knobs(nbdir, tmp_path, capsys):
+    """A notebook parameter X is always the knob x: a parameters cell declaring another upper-case
+    name is refused before anything runs, naming the notebook, the parameter and the allowed ones."""
+    _notebook(nbdir / "03_renamed.ipynb", GOOD,
+              parameters='PROFILE = "quick"\nSEED = None\nEPOCH = 3\nOVERRIDES = {}\n')
+    out = tmp_path / "out"
+    assert run.main(_cli(nbdir, out, "00", "03")) == 2  # 00 is fine; 03 stops the batch before it starts
+    err = capsys.readouterr().err
+    for fragment in ("03_renamed.ipynb", "parameter EPOCH", "did you mean EPOCHS",
+                     "allowed: PROFILE, OVERRIDES, ", "SEED", "LR"):
+        assert fragment in err, (fragment, err)
+    assert not out.exists()
+
+    # the check reads only the selected notebooks; lower-case names and knobs upper-cased are fine
+    args = run.build_parser().parse_args(_cli(nbdir, out, "00"))
+    assert [job.name for job in run.make_plan(args).jobs] == ["00_good"]
+    plan.check_declared(Path("x.ipynb"), {"PROFILE": {}, "OVERRIDES": {}, "SEED": {}, "LR": {},
+                                          "LM_EPOCHS": {}, "helper_value": {}})
+    with pytest.raises(plan.UsageError, match="TASKS"):
+        plan.check_declared(Path("x.ipynb"), {"PROFILE": {}, "TASKS": {}})
 
 
 # ---------------------------------------------------------------- real executions (papermill)
