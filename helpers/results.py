@@ -14,12 +14,7 @@ File format (``schema`` 1)::
      "tables": {"name": {"columns": [...], "rows": [[...], ...]}},
      "figures": {"name": "relative/path.png"},
      "claims": [{"name": str, "holds": bool, "asserted": bool, "evidence": {...}}],
-     "phases": {"setup": seconds, "1 · pretraining": seconds, ...},
      "started": "...", "updated": "..."}
-
-Where the time goes: :func:`phase` names the part of the notebook that starts now (the previous one
-ends there); the seconds of each phase are recorded, so the report shows a notebook's profile
-without the notebook timing itself.
 """
 
 from __future__ import annotations
@@ -68,25 +63,14 @@ class Results:
         self.data: dict[str, Any] = {
             "schema": SCHEMA, "notebook": notebook or self.path.name.removesuffix(".results.json"),
             "profile": None, "params": {}, "metrics": {}, "tables": {}, "figures": {},
-            "claims": [], "phases": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "claims": [], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        self._phase: tuple[str, float] | None = None  # the open phase: (name, perf_counter at its start)
 
     @property
     def profile(self) -> str | None:
         return self.data["profile"]
 
-    def close_phase(self) -> None:
-        """Add the open phase's seconds so far to its total and restart its clock."""
-        if self._phase is not None:
-            name, since = self._phase
-            now = time.perf_counter()
-            phases = self.data.setdefault("phases", {})
-            phases[name] = round(phases.get(name, 0.0) + now - since, 3)
-            self._phase = (name, now)
-
     def save(self) -> None:
-        self.close_phase()  # the open phase counts up to the last thing recorded
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(self.path, self.data)
 
@@ -108,21 +92,8 @@ def start(profile: str, params: Mapping[str, Any]) -> Results:
     _current = Results()
     _current.data["profile"] = profile
     _current.data["params"] = _jsonable(dict(params))
-    _current._phase = ("setup", time.perf_counter())
     _current.save()
     return _current
-
-
-def phase(name: str) -> None:
-    """Start the notebook phase ``name`` (e.g. ``"2 · a stream of tasks"``); the previous one ends.
-
-    Each phase's seconds are recorded under ``"phases"`` (a phase named twice adds up), so the batch
-    report shows where a notebook spends its time.
-    """
-    res = current()
-    res.close_phase()
-    res._phase = (name, time.perf_counter())
-    res.save()
 
 
 def record(name: str, value: Any) -> Any:

@@ -55,20 +55,3 @@ def test_sibling_results_are_found_beside_this_notebook(tmp_path):
     found = results.sibling("03_")
     assert found is not None and results.table(found, "cost").to_dict("records") == [{"stage": "a", "flops": 1.0}]
     assert results.sibling("07_") is None
-
-
-def test_phases_record_where_the_time_goes(tmp_path, monkeypatch):
-    import time
-
-    from helpers import results
-    monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "nb.results.json"))
-    results.start("smoke", {"seed": 0})
-    results.phase("train")
-    time.sleep(0.05)
-    results.phase("plot")
-    results.phase("train")  # a phase named again adds up
-    time.sleep(0.02)
-    results.record("x", 1)
-    phases = json.loads((tmp_path / "nb.results.json").read_text())["phases"]
-    assert set(phases) == {"setup", "train", "plot"}
-    assert 0.06 <= phases["train"] < 1.0 and phases["plot"] < 0.05
