@@ -375,6 +375,11 @@ def resolve(profile: str = "quick", _record: bool = True, **overrides: Any) -> P
     return params
 
 
+def seed_list(params: Mapping[str, Any]) -> list[int]:
+    """The seeds an effect is measured over: ``seed, seed + 1, ..., seed + seeds - 1``."""
+    return [params["seed"] + i for i in range(params["seeds"])]
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch Generator seeded the same way for data order."""
     random.seed(seed)

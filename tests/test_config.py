@@ -99,3 +99,7 @@ def test_check_validates_one_knob_and_budgets_name_theirs():
     with pytest.raises(ValueError, match=r"parameter 'transfer_budgets'=\[1, 31\] is not allowed: each label "
                                          r"budget must be in \[1, 30\] examples per class \(pool\)"):
         config.check_budgets("transfer_budgets", [1, 31], 30, "pool")
+
+
+def test_seed_list_counts_from_the_seed():
+    assert config.seed_list(resolve("quick", seed=3)) == [3, 4, 5]
