@@ -75,6 +75,38 @@ def mean_std_lines(table, x: str, y: str, hue: str, title: str | None = None, yl
     return ax.figure
 
 
+def heat_map(values, rows: Sequence[str], columns: Sequence[str], *, xlabel: str, ylabel: str,
+             title: str | None = None, vmax: float | None = 1.0, fmt: str = "{:.2f}", min_shown: float = 0.0,
+             cmap: str = "Blues", colorbar: bool = True, ax=None):
+    """A matrix as a heat map with its values written in the cells (those >= ``min_shown``).
+
+    Used for confusion matrices (:func:`confusion_matrix_figure`) and for the continual-learning
+    accuracy matrix ``R[i][j]`` (accuracy on task j after training on task i, notebook 05).
+    """
+    import numpy as np
+
+    shown = np.asarray(values, dtype=float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 4.0))
+    image = ax.imshow(shown, cmap=cmap, vmin=0, vmax=vmax)
+    ax.set_xticks(range(shown.shape[1]), list(columns), fontsize=8)
+    ax.set_yticks(range(shown.shape[0]), list(rows), fontsize=8)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    top = vmax if vmax is not None else (shown.max() or 1)
+    small = 6 if shown.shape[0] > 5 else 9
+    for i in range(shown.shape[0]):
+        for j in range(shown.shape[1]):
+            if shown[i, j] >= min_shown:
+                ax.text(j, i, fmt.format(shown[i, j]), ha="center", va="center", fontsize=small,
+                        color="white" if shown[i, j] > 0.6 * top else "black")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
 def confusion_matrix_figure(matrix, names: Sequence[str] | None = None, normalize: bool = True,
                             title: str | None = None, ax=None):
     """A confusion matrix ``C[true, predicted]`` as a heat map; rows normalised to recall by default.
@@ -86,23 +118,74 @@ def confusion_matrix_figure(matrix, names: Sequence[str] | None = None, normaliz
 
     counts = np.asarray(matrix, dtype=float)
     shown = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalize else counts
+    labels = list(names) if names is not None else [str(i) for i in range(len(shown))]
+    return heat_map(shown, labels, labels, xlabel="predicted", ylabel="true", title=title,
+                    vmax=1.0 if normalize else None, fmt="{:.2f}" if normalize else "{:.0f}",
+                    min_shown=0.005 if normalize else 0.5, ax=ax)
+
+
+def learning_vs_forgetting(plane, *, source_before: float | None = None, frontier=None,
+                           baselines: Sequence[str] = (), title: str = "learning vs forgetting",
+                           xlabel: str = "target accuracy (new task)",
+                           ylabel: str = "retained source accuracy (old task, old head)", ax=None):
+    """The learning-vs-forgetting plane: one point per method (mean ± std over seeds).
+
+    ``plane`` is indexed by method with ``target_acc_mean/_std`` and ``source_acc_mean/_std``
+    columns (:func:`helpers.metrics.mean_std` over runs). Right is better on the new task, up is
+    better on the old one. ``baselines`` are drawn as squares; ``frontier`` is ``(xs, ys)``, the
+    best retention a baseline reaches at each target accuracy (a dashed staircase);
+    ``source_before`` the accuracy before fine-tuning (a dotted line).
+    """
+    import numpy as np
+
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.6, 4.0))
-    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    k = len(shown)
-    labels = list(names) if names is not None else [str(i) for i in range(k)]
-    ax.set_xticks(range(k), labels, fontsize=8)
-    ax.set_yticks(range(k), labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            value = shown[i, j]
-            if value >= (0.005 if normalize else 0.5):
-                ax.text(j, i, f"{value:.2f}" if normalize else f"{value:.0f}", ha="center", va="center",
-                        fontsize=6, color="white" if value > 0.6 * (shown.max() or 1) else "black")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        _, ax = plt.subplots(figsize=(7, 4.6))
+    for method, row in plane.iterrows():
+        ax.errorbar(row.target_acc_mean, row.source_acc_mean, xerr=row.target_acc_std, yerr=row.source_acc_std,
+                    fmt="s" if method in baselines else "o", capsize=3, label=method)
+        ax.annotate(method, (row.target_acc_mean, row.source_acc_mean), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    if frontier is not None:
+        ax.plot(*frontier, color="grey", lw=1, ls="--", label="learning-rate frontier")
+    if source_before is not None:
+        ax.axhline(source_before, color="black", lw=0.8, ls=":", label="before fine-tuning")
+    low = float(np.nanmin(plane.target_acc_mean)) if len(plane) else 0.0
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xlim=(max(0.0, low - 0.1), 1.0), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
     ax.figure.tight_layout()
     return ax.figure
+
+
+def plot_lm_curves(history, baselines: dict[str, float]):
+    """Language-model loss and perplexity per epoch (train and validation), with the n-gram
+    baselines (``helpers.text.ngram_baselines``) for scale."""
+    fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(10, 3.4))
+    curves(history, ["train_loss", "val_loss"], title="next-token loss", ylabel="cross-entropy (nats)", ax=ax_loss)
+    curves(history, ["train_ppl", "val_ppl"], title="perplexity vs n-gram baselines", ax=ax_ppl)
+    for (name, value), style in zip(baselines.items(), (":", "--", "-.")):
+        ax_ppl.axhline(value, color="gray", linestyle=style, label=name)
+    ax_ppl.set_yscale("log")
+    ax_ppl.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_methods(table, tfidf=None):
+    """Text fine-tuning: accuracy (mean and std over seeds) against trainable parameters, one panel per
+    budget, from ``helpers.text.runs_table``; ``tfidf`` (mean per budget) draws the baseline."""
+    budgets = list(dict.fromkeys(table.index.get_level_values("budget")))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.6 * len(budgets), 3.4), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        rows = table.xs(budget, level="budget").reset_index()
+        for _, row in rows.iterrows():
+            ax.errorbar(row["trainable"], row["acc_mean"], yerr=row["acc_std"], marker="o", capsize=3,
+                        label=row["method"])
+        if tfidf is not None and budget in tfidf.index:
+            ax.axhline(tfidf.loc[budget, "mean"], color="gray", linestyle="--", label="TF-IDF + LR")
+        ax.set(xscale="log", xlabel="trainable parameters", ylabel="test accuracy",
+               title=f"{budget} labels per class")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
