@@ -11,7 +11,7 @@ holding the artefact files and a ``manifest.json`` with that config and the sha2
 * Builds are locked: two processes that need the same missing artefact (two notebooks run in
   parallel by ``python -m helpers.run --jobs 2``) do not both build it. The first holds
   ``<store>/.locks/<kind>/<hash>.lock`` while it builds; the second waits, then loads what the
-  first made (see :func:`build_lock`).
+  first made (see :func:`build_lock`, :func:`load_or_build`).
 
 Typical use (this is what lets every notebook run on its own)::
 
@@ -29,7 +29,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
@@ -198,8 +198,41 @@ def _existing(kind: str, config: Mapping[str, Any], rebuilding: str | None) -> P
         return None
     except CorruptArtifact as err:
         if rebuilding:
-            warnings.warn(f"{rebuilding} {kind}: {err}", stacklevel=3)
+            warnings.warn(f"{rebuilding} {kind}: {err}", stacklevel=4)  # the caller of cached() etc.
         return None
+
+
+class Built(NamedTuple):
+    """What :func:`load_or_build` returns: the artefact, its verified folder, whether it was built now."""
+
+    value: Any
+    folder: Path
+    built: bool
+
+
+def load_or_build(kind: str, config: Mapping[str, Any], build: Callable[[], Any],
+                  save: Callable[[Any, Path], None], load: Callable[[Path], Any], *,
+                  verbose: bool = True, rebuilding: str = "rebuilding") -> Built:
+    """The one way anything is stored: load the verified artefact of ``config``, or build and save it.
+
+    ``build()`` makes the artefact (a dataset, a trained model, a summary), ``save(value, folder)``
+    writes it into an empty staging folder that becomes the artefact atomically, with its manifest
+    (:func:`writing`); ``load(folder)`` reads a verified folder back. A corrupt or mismatching copy
+    is reported (``"<rebuilding> <kind>: <why>"``) and rebuilt, never used. Concurrent callers build
+    it once: the builder holds :func:`build_lock`, a waiter looks again once it has the lock and
+    loads what the builder made. :func:`cached` and :func:`load_or_train` are this with a fixed
+    ``save``/``load``; ``helpers.text`` stores ``transformers`` models through it too.
+    """
+    folder = _existing(kind, config, rebuilding)
+    if folder is None:
+        with build_lock(kind, config, verbose=verbose):
+            folder = _existing(kind, config, None)  # another process may have built it meanwhile
+            if folder is None:
+                value = build()
+                with writing(kind, config) as staging:
+                    save(value, staging)
+                return Built(value, artifact_dir(kind, config), True)
+    return Built(load(folder), folder, False)
 
 
 def cached(kind: str, config: Mapping[str, Any], build: Callable[[Path], None],
@@ -207,20 +240,14 @@ def cached(kind: str, config: Mapping[str, Any], build: Callable[[Path], None],
     """Return a verified artefact folder for ``config``, calling ``build(folder)`` if needed.
 
     ``build`` receives an empty folder and writes its files there. A corrupt or mismatching copy is
-    reported and rebuilt, never used. Concurrent callers build it once (see :func:`build_lock`).
+    reported and rebuilt, never used. Concurrent callers build it once (see :func:`load_or_build`).
     """
-    folder = _existing(kind, config, "rebuilding")
-    if folder is not None:
-        return folder
-    with build_lock(kind, config, verbose=verbose):
-        folder = _existing(kind, config, None)  # another process may have built it meanwhile
-        if folder is not None:
-            return folder
+    def announce() -> None:
         if verbose:
             print(f"building {kind} ({config_hash(config)}) ...", flush=True)
-        with writing(kind, config) as staging:
-            build(staging)
-        return verify(kind, config)
+
+    return load_or_build(kind, config, announce, lambda _, staging: build(staging), lambda folder: folder,
+                         verbose=verbose).folder
 
 
 # --- tensors and models -------------------------------------------------------------------------
@@ -243,18 +270,15 @@ def load_or_train(kind: str, config: Mapping[str, Any], model: torch.nn.Module,
     with the weights and returned on later loads, so a notebook that reuses a checkpoint still
     knows what it cost to make. Returns ``{"trained": bool, "folder": Path, **summary}``.
     A second process asking for the same checkpoint while it trains waits and then loads it
-    (see :func:`build_lock`), so it is trained once.
+    (see :func:`load_or_build`), so it is trained once.
     """
-    folder = _existing(kind, config, "retraining")
-    if folder is None:
-        with build_lock(kind, config):
-            folder = _existing(kind, config, None)  # trained by another process meanwhile?
-            if folder is None:
-                summary = dict(train_fn(model) or {})
-                with writing(kind, config) as staging:
-                    save_model(model, str(staging / WEIGHTS))  # handles tied weights (GPT-2 lm_head)
-                    atomic_write_json(staging / "summary.json", summary)
-                return {"trained": True, "folder": artifact_dir(kind, config), **summary}
-    load_model(model, str(folder / WEIGHTS))
-    summary = json.loads((folder / "summary.json").read_text())
-    return {"trained": False, "folder": folder, **summary}
+    def save(summary: Mapping[str, Any], staging: Path) -> None:
+        save_model(model, str(staging / WEIGHTS))  # handles tied weights (GPT-2 lm_head)
+        atomic_write_json(staging / "summary.json", summary)
+
+    def load(folder: Path) -> dict[str, Any]:
+        load_model(model, str(folder / WEIGHTS))
+        return json.loads((folder / "summary.json").read_text())
+
+    got = load_or_build(kind, config, lambda: dict(train_fn(model) or {}), save, load, rebuilding="retraining")
+    return {"trained": got.built, "folder": got.folder, **got.value}

@@ -92,6 +92,32 @@ def test_load_or_train_retrains_a_tampered_checkpoint(store):
     assert out["trained"]
 
 
+def test_load_or_build_is_the_one_store_path(store):
+    """Any artefact with its own save/load (a transformers folder, a JSON table) gets the same
+    manifest, verification, lock and atomic write as cached() and load_or_train()."""
+    builds = []
+
+    def build():
+        builds.append(1)
+        return {"rows": [1, 2, 3]}
+
+    def save(value, folder):
+        ck.atomic_write_json(folder / "table.json", value)
+
+    def load(folder):
+        return json.loads((folder / "table.json").read_text())
+
+    first = ck.load_or_build("table", {"v": 1}, build, save, load)
+    again = ck.load_or_build("table", {"v": 1}, build, save, load)
+    assert first.built and not again.built and builds == [1]
+    assert first.value == again.value == {"rows": [1, 2, 3]} and first.folder == again.folder
+    assert ck.verify("table", {"v": 1}) == first.folder
+    (first.folder / "table.json").write_text('{"rows": []}')
+    with pytest.warns(UserWarning, match="redoing table"):
+        redone = ck.load_or_build("table", {"v": 1}, build, save, load, rebuilding="redoing")
+    assert redone.built and builds == [1, 1] and load(redone.folder) == {"rows": [1, 2, 3]}
+
+
 def test_atomic_write_replaces_whole_file(tmp_path):
     target = tmp_path / "f.json"
     ck.atomic_write_json(target, {"a": 1})

@@ -26,7 +26,7 @@ def test_glyph_classes_have_no_digits_and_are_distinct():
 
 
 def test_every_glyph_class_renders_in_several_fonts():
-    templates, fonts_of = data._templates(len(data.GLYPH_CHARS), 32)
+    templates, fonts_of = data.images._templates(len(data.GLYPH_CHARS), 32)
     assert all(len(ids) >= 8 for ids in fonts_of)
     assert templates.amax(dim=(1, 2)).min() > 0.5  # no blank template
 
@@ -53,8 +53,8 @@ def test_glyph_dataset_is_deterministic_per_seed(store, monkeypatch):
 
 def test_glyph_cache_is_reused_and_a_tampered_file_is_rebuilt(store, monkeypatch):
     calls = []
-    real = data._generate_glyphs
-    monkeypatch.setattr(data, "_generate_glyphs", lambda *a: calls.append(a) or real(*a))
+    real = data.images._generate_glyphs
+    monkeypatch.setattr(data.images, "_generate_glyphs", lambda *a: calls.append(a) or real(*a))
     images, labels = data.glyph_dataset(4, 5, seed=0)
     again, _ = data.glyph_dataset(4, 5, seed=0)
     assert len(calls) == 1 and torch.equal(images, again)
@@ -220,6 +220,18 @@ def test_corpora_are_nonempty_deterministic_and_truncated_at_a_line():
     assert general.count(" the ") > 50
 
 
+def test_corpora_leave_out_what_they_are_told_and_nothing_else():
+    files = data.stdlib_files()
+    package = next(data.stdlib_package(p) for p in files if data.stdlib_package(p))
+    first = next(data.read_source(p).strip() for p in files if data.stdlib_package(p) == package)
+    code, without = data.specialist_corpus(3_000_000), data.specialist_corpus(3_000_000, exclude_packages={package})
+    assert first[:2000] in code and first[:2000] not in without
+    assert data.specialist_corpus(20_000, exclude_packages=()) == data.specialist_corpus(20_000)
+    general = data.general_corpus(600_000)
+    doc = next(d for p in files for d in data.docstrings(data.read_source(p) or "") if len(d) > 200)
+    assert doc in general and doc not in data.general_corpus(600_000, exclude={doc})
+
+
 def test_text_file(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text("Call me Ishmael.\n", encoding="utf-8")
@@ -231,8 +243,8 @@ def test_text_file(tmp_path):
 def test_tokenizer_round_trip_vocab_size_and_cache(store, monkeypatch):
     text = data.general_corpus(40_000)
     calls = []
-    real = data._build_tokenizer
-    monkeypatch.setattr(data, "_build_tokenizer", lambda *a: calls.append(a) or real(*a))
+    real = data.tokenizer._build_tokenizer
+    monkeypatch.setattr(data.tokenizer, "_build_tokenizer", lambda *a: calls.append(a) or real(*a))
     tokenizer = data.train_tokenizer(text, vocab_size=300)
     assert tokenizer.get_vocab_size() == 300
     assert [tokenizer.token_to_id(t) for t in data.SPECIAL_TOKENS] == [0, 1, 2]

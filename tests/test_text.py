@@ -1,16 +1,23 @@
-"""Tests for helpers.text: corpora, baselines, masking, save/reload, tasks and fine-tuning methods."""
+"""Tests for helpers.text: corpora, baselines, masking, save/reload, tasks, fine-tuning methods and
+language-model specialisation."""
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from helpers import text
-from helpers.config import resolve
+from helpers.config import check_budgets, resolve
 from helpers.models import count_parameters, tiny_gpt
-from helpers.train import IGNORE
+from helpers.train import IGNORE, evaluate
 
 TINY = {"text_chars": 6_000, "vocab_size": 300, "seq_len": 32, "gpt_width": 16, "gpt_layers": 1,
         "gpt_heads": 2, "lm_epochs": 1, "text_batch_size": 16, "mlm_epochs": 1, "dapt_chars": 4_000,
@@ -108,12 +115,11 @@ def test_fast_gpt_settings_change_speed_not_results():
     assert abs(sum(p.numel() for p in hand.parameters()) - count_parameters(fast)) < 200
 
 
-def test_check_params_rejects_shapes_that_do_not_fit():
-    P = resolve("smoke", _record=False)
+def test_shapes_that_do_not_fit_fail_when_the_profile_resolves():
     with pytest.raises(ValueError, match="'gpt_width'=30 is not allowed with gpt_heads=4"):
-        text.check_params({**P, "gpt_width": 30, "gpt_heads": 4})
+        resolve("smoke", _record=False, gpt_width=30, gpt_heads=4)
     with pytest.raises(ValueError, match="'task_len'=64 is not allowed"):
-        text.check_params({**P, "task_len": 64, "seq_len": 32})
+        resolve("smoke", _record=False, task_len=64, seq_len=32)
     with pytest.raises(ValueError, match="text_methods"):
         resolve("smoke", _record=False, text_methods=["lora", "prompt"])
 
@@ -166,9 +172,11 @@ def test_task_split_and_budget_check(store):
     pool, test = text.task_split(task)
     assert not set(pool.tolist()) & set(test.tolist()) and len(pool) + len(test) == len(task)
     assert torch.bincount(task.labels[test]).tolist() == [text.TEST_PER_CLASS] * len(task.classes)
-    text.check_budgets([8, 32], task, pool)
-    with pytest.raises(ValueError, match=r"'label_budgets'=\[8, 5000\] is not allowed.*maximum allowed budget is"):
-        text.check_budgets([8, 5000], task, pool)
+    most = task.max_budget(pool)
+    assert most == min(torch.bincount(task.labels[pool]).tolist()) > 32
+    check_budgets("text_budgets", [8, 32], most, "the docstring task's pool")
+    with pytest.raises(ValueError, match=rf"'text_budgets'=\[8, 5000\] is not allowed.*\[1, {most}\]"):
+        check_budgets("text_budgets", [8, 5000], most, "the docstring task's pool")
 
 
 def test_encode_texts_right_pads_and_truncates(tiny):
@@ -193,8 +201,8 @@ def test_every_method_fine_tunes_and_reports_its_costs(tiny):
     before = {k: v.clone() for k, v in gpt.model.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(3, 300, (24, 16), generator=g), torch.randint(0, 3, (24,), generator=g)
-    results = {m: text.finetune(m, gpt, (x, y), (x, y), num_classes=3, steps=2, lr=1e-3, batch_size=8, seed=0,
-                                lora_rank=2) for m in text.FT_METHODS}
+    results = {m: text.finetune_text(m, gpt, (x, y), (x, y), num_classes=3, steps=2, lr=1e-3, batch_size=8,
+                                     seed=0, lora_rank=2) for m in text.FT_METHODS}
     assert all(torch.equal(v, gpt.model.state_dict()[k]) for k, v in before.items())  # base untouched
     full, lora, ia3, frozen = results["full"], results["lora"], results["ia3"], results["frozen"]
     assert full.trainable_params == full.total_params
@@ -204,7 +212,7 @@ def test_every_method_fine_tunes_and_reports_its_costs(tiny):
     assert lora.memory_bytes < full.memory_bytes and frozen.memory_bytes < full.memory_bytes
     assert all(0 <= r.accuracy <= 1 and r.seconds > 0 for r in results.values())
     with pytest.raises(ValueError, match="'text_methods'=\\['prompt'\\]"):
-        text.finetune("prompt", gpt, (x, y), (x, y), num_classes=3, steps=1, lr=1e-3, batch_size=8, seed=0)
+        text.finetune_text("prompt", gpt, (x, y), (x, y), num_classes=3, steps=1, lr=1e-3, batch_size=8, seed=0)
 
 
 def test_compare_methods_and_summary_table(tiny):
@@ -215,9 +223,97 @@ def test_compare_methods_and_summary_table(tiny):
     runs = text.compare_methods({"pretrained": gpt}, task, pool, test, methods=["full", "lora"], budgets=[4, 8],
                                 seeds=[0, 1], seq_len=8, steps=2, lr=1e-3, batch_size=8, progress=False)
     assert len(runs) == 2 * 2 * 2
-    table = text.summarize_runs(runs)
+    table = text.runs_table(runs)
     assert list(table.index) == [("pretrained", b, m) for b in (4, 8) for m in ("full", "lora")]
     assert (table["seeds"] == 2).all() and (table["checkpoint_KB"] > 0).all()
-    with pytest.raises(ValueError, match="maximum allowed budget is 50"):
+    with pytest.raises(ValueError, match=r"'text_budgets'=\[51\] is not allowed.*\[1, 50\].*toy task pool"):
         text.compare_methods({"pretrained": gpt}, task, pool, test, methods=["full"], budgets=[51], seeds=[0],
                              seq_len=8, steps=1, lr=1e-3, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match=r"'compare_budget'=\[51\]"):  # the knob the caller's budgets come from
+        text.compare_methods({"pretrained": gpt}, task, pool, test, methods=["full"], budgets=[51], seeds=[0],
+                             seq_len=8, steps=1, lr=1e-3, batch_size=8, progress=False, budget_knob="compare_budget")
+
+
+def test_importing_text_leaves_transformers_logging_alone(tiny):
+    """The right-padding warning is dropped only while text fine-tunes, never as an import side effect."""
+    P, gpt = tiny
+    logger = logging.getLogger("transformers.modeling_utils")
+    assert not logger.filters
+    x, y = torch.randint(3, 300, (8, 16)), torch.randint(0, 2, (8,))
+    x[:, -4:] = text.PAD
+    text.finetune_text("full", gpt, (x, y), (x, y), num_classes=2, steps=1, lr=1e-3, batch_size=8, seed=0,
+                       measure=False)
+    assert not logger.filters
+    with text.right_padding_is_safe():
+        assert len(logger.filters) == 1
+    assert not logger.filters
+
+
+def test_one_lora_builder_for_classification_and_specialisation():
+    classifier = text.lora_config(4, modules_to_save=["head"])
+    lm = text.lora_config(4, text.LM_LORA_TARGETS)
+    assert set(classifier.target_modules) == set(text.LORA_TARGETS) and classifier.modules_to_save == ["head"]
+    assert set(lm.target_modules) == set(text.LM_LORA_TARGETS)
+    assert classifier.lora_alpha == lm.lora_alpha == 8 and classifier.fan_in_fan_out and lm.fan_in_fan_out
+
+
+# --- persistence under concurrency ----------------------------------------------------------------
+
+_PRETRAINER = r"""
+import hashlib, json, sys, time
+from pathlib import Path
+from helpers import text
+from helpers.config import resolve
+
+go, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
+P = resolve("smoke", _record=False, **overrides)
+while not go.exists():  # both processes ask at the same moment
+    time.sleep(0.01)
+gpt = text.pretrain_gpt(P, progress=False)
+weights = b"".join(v.numpy().tobytes() for _, v in sorted(gpt.model.state_dict().items()))
+print(json.dumps({"trained": gpt.trained, "folder": str(gpt.folder), "weights": hashlib.sha256(weights).hexdigest()}))
+"""
+
+
+def test_two_processes_pretrain_the_same_gpt_once(store, tmp_path):
+    """Two notebooks under `helpers.run --jobs 2` that need the same missing GPT: one trains it, the
+    other waits on the build lock and loads the verified folder."""
+    go = tmp_path / "go"
+    env = {**os.environ, "WORKBOOK_STORE": str(store), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _PRETRAINER, str(go), json.dumps(TINY)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    go.touch()
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert sorted(o["trained"] for o in outs) == [False, True]  # trained exactly once
+    assert outs[0]["folder"] == outs[1]["folder"] and outs[0]["weights"] == outs[1]["weights"]
+    assert len(list((store / "gpt-pretrain").iterdir())) == 1
+
+
+# --- specialising the language model (notebook 05) ------------------------------------------------
+
+def test_lora_starts_as_the_base_model_and_trains_few_parameters():
+    torch.manual_seed(0)
+    base = tiny_gpt(50, n_positions=16, n_embd=16, n_layer=1, n_head=2, use_cache=False).eval()
+    blocks = torch.randint(0, 50, (24, 9))
+    wrapped = text.lora_lm(copy.deepcopy(base), rank=2)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(blocks[:2, :-1]).logits, base(blocks[:2, :-1]).logits)
+    assert 0 < count_parameters(wrapped, trainable_only=True) < 0.2 * count_parameters(base)
+
+    before = evaluate(base, blocks, task="lm")["loss"]
+    changes = {}
+    for name, method, lr in (("full", "full", 1e-2), ("lower_lr", "full", 1e-2 / 3), ("lora", "lora", 1e-2)):
+        tuned, history = text.specialise_lm(method, base, blocks, steps=3, lr=lr, batch_size=8, seed=0, rank=2)
+        assert type(tuned) is type(base) and history.examples_seen == 3 * 8 * 8
+        changes[name] = sum((a - b).abs().sum().item() for a, b in zip(tuned.parameters(), base.parameters()))
+        assert evaluate(tuned, blocks, task="lm")["loss"] < before  # it learnt the blocks a little
+    assert changes["lower_lr"] < changes["full"]
+    embedding = dict(base.named_parameters())["transformer.wte.weight"]
+    tuned, _ = text.specialise_lm("lora", base, blocks, steps=2, lr=1e-2, batch_size=8, seed=0, rank=2)
+    assert torch.equal(dict(tuned.named_parameters())["transformer.wte.weight"], embedding)  # frozen under LoRA
+    with pytest.raises(ValueError, match="'method'='adapter' is not allowed"):
+        text.specialise_lm("adapter", base, blocks, steps=1, lr=1e-2, batch_size=8, seed=0)

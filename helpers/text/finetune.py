@@ -1,0 +1,304 @@
+"""Adapting the pretrained GPT: classification fine-tuning with five methods, and language-model
+specialisation (notebooks 04, 05, 08, 09).
+
+* **Fine-tuning** -- the ways to adapt the pretrained model to a text task (:data:`FT_METHODS`,
+  defined once as the choices of the ``text_methods`` knob): scratch, frozen features, full
+  fine-tuning, LoRA and (IA)^3 (:func:`finetune_text`, every combination: :func:`compare_methods`,
+  summarised by :func:`runs_table`).
+* **Specialisation** -- more next-token training of the whole language model on a new domain,
+  fully or with LoRA (:func:`specialise_lm`): what it learns and what it forgets (notebook 05).
+
+Both LoRA uses are built by one function, :func:`lora_config`; only the layers they adapt differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .. import data
+from ..checkpoints import save_tensors
+from ..config import KNOBS, check, check_budgets
+from ..models import count_parameters, set_trainable
+from ..train import History, evaluate, train
+from .corpora import PAD, TextTask, encode_texts
+from .lm import quiet_transformers, right_padding_is_safe
+from .pretrain import Pretrained
+from .speed import training_memory
+
+#: The ways to adapt a pretrained model, cheapest first in what they store (the knob's choices).
+FT_METHODS: tuple[str, ...] = KNOBS["text_methods"].choices
+_ABOUT = {
+    "scratch": "same architecture, random weights, all trained",
+    "frozen": "pretrained features fixed (computed once); a linear head trained on them",
+    "full": "pretrained weights, new head, all trained",
+    "lora": "pretrained weights frozen; low-rank updates of token embeddings and attention + head",
+    "ia3": "pretrained weights frozen; learned rescaling of keys, values and MLP inputs + head",
+}
+#: Learning rate of each method relative to ``ft_lr``: fewer trainable parameters tolerate (and
+#: need) larger steps -- LoRA's product of two small matrices, (IA)^3's scaling vectors and a
+#: linear head on fixed features all move slowly at a full fine-tuning learning rate.
+LR_FACTOR = {"scratch": 1.0, "frozen": 10.0, "full": 1.0, "lora": 10.0, "ia3": 20.0}
+
+
+class GPTClassifier(nn.Module):
+    """A pretrained GPT body (``transformer``: a ``GPT2Model``) + mean pooling + a linear ``head``.
+
+    The text is summarised by the average of the last layer's hidden states over its real tokens
+    (the padding after the text is ignored), then one linear layer gives the class scores. On
+    this small a model, averaging every token works much better than reading only the last one
+    (what ``GPT2ForSequenceClassification`` does).
+    """
+
+    def __init__(self, transformer: nn.Module, num_classes: int):
+        super().__init__()
+        self.transformer = transformer
+        self.head = nn.Linear(transformer.config.n_embd, num_classes)
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.transformer(ids).last_hidden_state
+        real = (ids != PAD).unsqueeze(-1).to(hidden.dtype)
+        return (hidden * real).sum(1) / real.sum(1).clamp(min=1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids))
+
+
+def classifier(base: Pretrained, num_classes: int, pretrained: bool = True) -> GPTClassifier:
+    """A :class:`GPTClassifier` with ``base``'s architecture: its weights copied, or random ones."""
+    from transformers import GPT2Model
+
+    config = copy.deepcopy(base.model.config)
+    config.architectures = None
+    with quiet_transformers():
+        body = GPT2Model(config)
+    if pretrained:
+        body.load_state_dict(base.model.transformer.state_dict())
+    return GPTClassifier(body, num_classes)
+
+
+#: The GPT-2 layers LoRA adapts: the attention's query/key/value projection (as in the LoRA paper)
+#: and the token embeddings. On a model this small, whose features are far from the task, which
+#: *words* matter has to be learned; LoRA on attention alone cannot change that (measured: about 13
+#: accuracy points below full fine-tuning at 32 labels per class, against about 5 with embeddings).
+LORA_TARGETS: tuple[str, ...] = ("wte", "c_attn")
+
+
+def lora_config(rank: int, targets: Sequence[str] = LORA_TARGETS, alpha: float | None = None, **extra: Any):
+    """The text track's one LoRA configuration (``peft.LoraConfig``) for GPT-2 layers ``targets``.
+
+    Each targeted weight ``W`` becomes ``W + (alpha / rank) B A`` with small trainable ``A`` and
+    ``B`` (``alpha`` defaults to ``2 x rank``, no dropout); ``B`` starts at zero, so the wrapped
+    model starts exactly as the pretrained one. ``fan_in_fan_out`` because GPT-2 stores its
+    projections as ``Conv1D`` (input x output). ``extra`` goes to ``LoraConfig``.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, target_modules=list(targets),
+                      fan_in_fan_out=True, **extra)
+
+
+def _wrap(model: nn.Module, config) -> nn.Module:
+    from peft import get_peft_model
+
+    with quiet_transformers():  # peft asks transformers questions it has renamed (FutureWarnings)
+        return get_peft_model(model, config)
+
+
+def _peft(model: GPTClassifier, method: str, rank: int):
+    """Wrap ``model`` with LoRA or (IA)^3 (``peft``): only the adapters and the head train."""
+    from peft import IA3Config
+
+    if method == "lora":
+        config = lora_config(rank, LORA_TARGETS, modules_to_save=["head"])
+    else:
+        config = IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
+                           fan_in_fan_out=True, modules_to_save=["head"])
+    return _wrap(model, config)
+
+
+@torch.no_grad()
+def _features(model: GPTClassifier, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model.features(ids[i:i + batch_size]).float() for i in range(0, len(ids), batch_size)])
+
+
+def _checkpoint_bytes(save: Callable[[Path], None]) -> int:
+    """Bytes of the ``.safetensors`` files a method has to store (configs of ~1 KB not counted)."""
+    with tempfile.TemporaryDirectory() as folder, quiet_transformers():
+        save(Path(folder))
+        return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+@dataclass
+class TextRun:
+    """One fine-tuning run and what it cost."""
+
+    method: str
+    backbone: str
+    budget: int
+    seed: int
+    accuracy: float
+    trainable_params: int
+    total_params: int
+    seconds: float
+    memory_bytes: int
+    checkpoint_bytes: int
+    history: History = field(repr=False)
+
+    def row(self) -> dict[str, Any]:
+        return {"method": self.method, "backbone": self.backbone, "budget": self.budget, "seed": self.seed,
+                "accuracy": self.accuracy, "trainable": self.trainable_params, "total": self.total_params,
+                "seconds": self.seconds, "memory_MB": self.memory_bytes / 1e6,
+                "checkpoint_KB": self.checkpoint_bytes / 1e3}
+
+
+@right_padding_is_safe()  # right-padded texts in a causal model need no attention mask
+def finetune_text(method: str, base: Pretrained, train_data: tuple[torch.Tensor, torch.Tensor],
+                  test_data: tuple[torch.Tensor, torch.Tensor], *, num_classes: int, steps: int, lr: float,
+                  batch_size: int, seed: int, lora_rank: int = 8, bf16: bool = False,
+                  device: torch.device | str = "cpu", measure: bool = True, backbone: str = "pretrained",
+                  budget: int = 0) -> TextRun:
+    """Adapt ``base`` (left unchanged) to a classification task with one of :data:`FT_METHODS`.
+
+    Every method gets about ``steps`` optimisation steps of ``batch_size`` examples at
+    ``lr x LR_FACTOR[method]``, trained by :func:`helpers.train.train`. With ``measure`` it also
+    counts the training memory and the size of what the method must save.
+    """
+    from ..methods import epochs_for
+
+    check("text_methods", [method])
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    x, y = train_data
+    epochs, batch = epochs_for(len(x), batch_size, steps)
+    common = dict(epochs=epochs, lr=lr * LR_FACTOR[method], batch_size=batch, weight_decay=0.01, seed=seed,
+                  bf16=bf16, device=device, progress=False, warmup_steps=max(1, steps // 10))
+    model = classifier(base, num_classes, pretrained=method != "scratch").to(device)
+    total = count_parameters(model)
+    if method == "frozen":  # features computed once; only the head trains, on them
+        set_trainable(model.transformer, False)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            features, test_features = _features(model, x.to(device)), _features(model, test_data[0].to(device))
+        history = train(model.head, (features, y), **common)
+        seconds = time.perf_counter() - start
+        accuracy = evaluate(model.head, (test_features, test_data[1]), device=device, bf16=bf16)["acc"]
+        body_bytes = sum(p.numel() * p.element_size() for p in model.transformer.parameters())
+        memory = training_memory(model.head, (features[:batch], y[:batch].to(device)), body_bytes) if measure else 0
+        ckpt = _checkpoint_bytes(lambda f: save_tensors(f, model.head.state_dict())) if measure else 0
+        return TextRun(method, backbone, budget, seed, accuracy, count_parameters(model.head), total, seconds,
+                       memory, ckpt, history)
+
+    if method in ("lora", "ia3"):
+        model = _peft(model, method, lora_rank)
+    history = train(model, train_data, **common)
+    seconds = time.perf_counter() - start
+    accuracy = evaluate(model, test_data, device=device, bf16=bf16)["acc"]
+    trainable = count_parameters(model, trainable_only=True)
+    memory = training_memory(model, (x[:batch].to(device), y[:batch].to(device))) if measure else 0
+    if method in ("lora", "ia3"):
+        ckpt = _checkpoint_bytes(lambda f: model.save_pretrained(f)) if measure else 0
+    else:
+        ckpt = _checkpoint_bytes(lambda f: save_tensors(f, model.state_dict())) if measure else 0
+    return TextRun(method, backbone, budget, seed, accuracy, trainable, total, seconds, memory, ckpt, history)
+
+
+def compare_methods(backbones: Mapping[str, Pretrained], task: TextTask, pool: torch.Tensor,
+                    test: torch.Tensor, *, methods: Sequence[str], budgets: Sequence[int],
+                    seeds: Iterable[int], seq_len: int, progress: bool = True, budget_knob: str = "text_budgets",
+                    **finetune_kw: Any) -> list[TextRun]:
+    """Every method x backbone x label budget x seed, on one fixed test set.
+
+    For each seed and budget the labelled examples are drawn from ``pool`` with
+    :func:`helpers.data.label_budget` (a smaller budget is a subset of a larger one); all methods see
+    the same examples. ``finetune_kw`` goes to :func:`finetune_text`. Methods and budgets are checked
+    before any training; a budget too big names the knob it came from, ``budget_knob``.
+    """
+    from tqdm.auto import tqdm
+
+    check("text_methods", list(methods))
+    seeds = list(seeds)
+    check_budgets(budget_knob, budgets, task.max_budget(pool), f"{task.kind} task pool")
+    first = next(iter(backbones.values()))
+    ids = encode_texts(first.tokenizer, task.texts, seq_len)
+    test_data = (ids[test], task.labels[test])
+    jobs = [(name, budget, seed, method) for name in backbones for budget in budgets for seed in seeds
+            for method in methods]
+    runs, measured = [], set()
+    for name, budget, seed, method in tqdm(jobs, desc="fine-tune", disable=not progress, leave=False):
+        chosen = data.label_budget(task.labels, budget, seed=seed, indices=pool)
+        measure = (method, name, budget) not in measured  # memory and size do not depend on the seed
+        measured.add((method, name, budget))
+        runs.append(finetune_text(method, backbones[name], (ids[chosen], task.labels[chosen]), test_data,
+                                  num_classes=len(task.classes), seed=seed, measure=measure, backbone=name,
+                                  budget=budget, **finetune_kw))
+    return runs
+
+
+def runs_table(runs: Sequence[TextRun]):
+    """One row per (backbone, budget, method): accuracy mean and std over seeds, and the costs."""
+    import pandas as pd
+
+    frame = pd.DataFrame([r.row() for r in runs])
+    keys = ["backbone", "budget", "method"]
+    grouped = frame.groupby(keys, sort=False)
+    table = grouped.agg(acc_mean=("accuracy", "mean"), acc_std=("accuracy", "std"), seeds=("seed", "count"),
+                        trainable=("trainable", "first"), total=("total", "first"),
+                        seconds=("seconds", "mean"))
+    firsts = frame.groupby(keys, sort=False)[["memory_MB", "checkpoint_KB"]].max()
+    table = table.join(firsts)
+    table["acc_std"] = table["acc_std"].fillna(0.0)
+    table["trainable_%"] = 100 * table["trainable"] / table["total"]
+    table["accuracy"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["acc_mean"], table["acc_std"])]
+    table["about"] = [_ABOUT[m] for m in table.index.get_level_values("method")]
+    return table[["accuracy", "acc_mean", "acc_std", "seeds", "trainable", "trainable_%", "seconds",
+                  "memory_MB", "checkpoint_KB", "about"]]
+
+
+# --- specialising a language model on a new domain, fully or with LoRA ----------------------------
+
+SPECIALISE_METHODS = ("full", "lora")
+#: The layers LoRA adapts when the whole language model specialises: attention (``c_attn``,
+#: ``c_proj``) and MLP (``c_fc``, ``c_proj``) projections.
+LM_LORA_TARGETS: tuple[str, ...] = ("c_attn", "c_proj", "c_fc")
+
+
+def lora_lm(model: nn.Module, rank: int, alpha: float | None = None, targets: Sequence[str] = LM_LORA_TARGETS):
+    """Wrap a GPT-2 language model with LoRA (:func:`lora_config`): the pretrained weights freeze, and
+    only the ``rank``-dimensional updates of ``targets`` train, which limits how far it can drift."""
+    from peft import TaskType
+
+    return _wrap(model, lora_config(rank, targets, alpha, task_type=TaskType.CAUSAL_LM))
+
+
+def specialise_lm(method: str, pretrained: nn.Module, blocks: torch.Tensor, *, steps: int, lr: float,
+                  batch_size: int, seed: int, rank: int = 8, weight_decay: float = 0.0, bf16: bool = False,
+                  device: torch.device | str = "cpu") -> tuple[nn.Module, History]:
+    """Continue next-token training of a copy of ``pretrained`` on ``blocks`` (``[N, seq_len + 1]``),
+    fully (``"full"``) or with LoRA (``"lora"``: :func:`lora_lm`; pass it the larger learning rate
+    LoRA needs), for ``steps`` steps of ``batch_size`` blocks (fewer if there are not enough blocks).
+    A lower learning rate is just a smaller ``lr``: notebook 05 sweeps it for both methods.
+
+    Returns the adapted model (LoRA merged back into plain weights) and its history.
+    """
+    if method not in SPECIALISE_METHODS:
+        raise ValueError(f"parameter 'method'={method!r} is not allowed: expected one of {list(SPECIALISE_METHODS)}")
+    torch.manual_seed(seed)
+    model = copy.deepcopy(pretrained).to(device)
+    if method == "lora":
+        model = lora_lm(model, rank)
+    # one pass over ``steps * batch_size`` blocks drawn for this seed: exactly ``steps`` steps
+    chosen = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:steps * batch_size]
+    history = train(model, blocks[chosen], task="lm", epochs=1, lr=lr, batch_size=batch_size, seed=seed,
+                    weight_decay=weight_decay, warmup_steps=max(1, steps // 10), bf16=bf16, device=device,
+                    progress=False)
+    if method == "lora":
+        model = model.merge_and_unload()
+    return model.eval(), history
