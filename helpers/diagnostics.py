@@ -12,7 +12,8 @@
   enough to fit the data can fit *random* labels too, so fitting the training set proves nothing.
 * :func:`kfold_scores` and :func:`random_split_scores`: the validation estimate of a small data set
   depends on which examples land in the validation split. k-fold cross-validation (scikit-learn's
-  ``StratifiedKFold``) uses every example for validation once and shows that spread.
+  ``StratifiedKFold``) uses every example for validation once and shows that spread (summarise
+  the scores with :func:`helpers.metrics.mean_std`).
 
 The thresholds are rules of thumb, not laws: they are parameters, and the diagnosis prints the
 numbers so a reader can disagree with it.
@@ -21,7 +22,7 @@ numbers so a reader can disagree with it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -244,7 +245,7 @@ def random_split_scores(labels: torch.Tensor | Sequence[int], fit_score: FitScor
 def logistic_fit_score(features: torch.Tensor | np.ndarray, labels: torch.Tensor | Sequence[int]) -> FitScore:
     """A ``fit_score`` for :func:`kfold_scores`: logistic regression on fixed features (a linear probe).
 
-    Features are computed once (e.g. :func:`helpers.methods.extract_features` of a pretrained
+    Features are computed once (e.g. :func:`helpers.finetuning.extract_features` of a pretrained
     backbone); each call standardises on the training part only, fits, and returns validation accuracy.
     """
     from sklearn.linear_model import LogisticRegression
@@ -260,10 +261,3 @@ def logistic_fit_score(features: torch.Tensor | np.ndarray, labels: torch.Tensor
             return float(np.mean(probe.predict(scaler.transform(x[val])) == y[val]))
 
     return fit_score
-
-
-def summarise(scores: Sequence[float]) -> Mapping[str, float]:
-    """``mean``, ``std`` (sample), ``min``, ``max`` and ``range`` of some scores."""
-    scores = np.asarray(scores, dtype=float)
-    return {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
-            "min": float(scores.min()), "max": float(scores.max()), "range": float(np.ptp(scores))}

@@ -2,7 +2,8 @@
 
 Real labelled data is rarely balanced: a few *head* classes have most of the examples, many *tail*
 classes have few. This module builds such data from a balanced pool and implements the standard
-remedies, each as one small piece that plugs into the one training loop:
+remedies, each as one small piece that plugs into the one training loop (the names are the
+``imbalance_methods`` knob's choices):
 
 =====================  ============================================================================
 ``plain``              fine-tune on the long-tailed data as it is (the baseline)
@@ -20,7 +21,7 @@ remedies, each as one small piece that plugs into the one training loop:
 Resampling methods change *which examples* :func:`helpers.train.train` sees (an index list or an
 expanded dataset, drawn once, deterministically from the seed); loss methods are ``loss_fn``
 arguments of :func:`helpers.train.train`; logit adjustment wraps the trained model. Everything is
-fine-tuned with :func:`helpers.methods.finetune` under the same budget of optimisation steps.
+fine-tuned with :func:`helpers.finetuning.finetune` under the same budget of optimisation steps.
 """
 
 from __future__ import annotations
@@ -38,15 +39,8 @@ from . import metrics
 from .config import check
 from .train import Data, _forward
 
-METHODS = ("plain", "oversample", "undersample", "class_weighted", "focal", "minority_augment",
-           "logit_adjust")
 LossFn = Callable[[nn.Module, Data, str], tuple[torch.Tensor, torch.Tensor, int]]
 FOCAL_GAMMA = 2.0
-
-
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """Fail early, with the allowed names, on an unknown rebalancing method."""
-    return check("imbalance_methods", list(methods))
 
 
 # --- long-tailed data ----------------------------------------------------------------------------
@@ -227,7 +221,7 @@ class LogitAdjusted(nn.Module):
 def rebalanced_data(method: str, images: torch.Tensor, labels: torch.Tensor, seed: int
                     ) -> tuple[tuple[torch.Tensor, torch.Tensor], LossFn | None]:
     """The training data and ``loss_fn`` a method uses (``logit_adjust`` trains like ``plain``)."""
-    check_methods([method])
+    check("imbalance_methods", [method])
     if method == "oversample":
         index = oversample(labels, seed)
         return (images[index], labels[index]), None
@@ -246,14 +240,14 @@ def rebalanced_data(method: str, images: torch.Tensor, labels: torch.Tensor, see
 def train_rebalanced(method: str, pretrained: nn.Module, train_data: tuple[torch.Tensor, torch.Tensor], *,
                      num_classes: int, steps: int, lr: float, batch_size: int, seed: int,
                      plain_model: nn.Module | None = None, **finetune_kw: Any) -> tuple[nn.Module, int]:
-    """Fully fine-tune ``pretrained`` on long-tailed ``train_data`` with one of :data:`METHODS`.
+    """Fully fine-tune ``pretrained`` on long-tailed ``train_data`` with one of the ``imbalance_methods``.
 
-    Every method gets about ``steps`` optimisation steps (:func:`helpers.methods.finetune` with
+    Every method gets about ``steps`` optimisation steps (:func:`helpers.finetuning.finetune` with
     ``"full_ft"``), whatever size its resampled data has. ``logit_adjust`` wraps ``plain_model``
     (the plain model of the same data and seed) when given, instead of training it again.
     Returns the model and the number of training examples the method used (after resampling).
     """
-    from .methods import finetune
+    from .finetuning import finetune
 
     images, labels = train_data
     if method == "logit_adjust" and plain_model is not None:
@@ -309,7 +303,7 @@ def rebalancing_grid(task, pretrained: nn.Module, runs: Sequence[tuple[str, floa
     import pandas as pd
     from tqdm.auto import tqdm
 
-    check_methods([m for m, _ in runs])
+    check("imbalance_methods", [m for m, _ in runs])
     runs = list(dict.fromkeys(runs))
     # plain before logit_adjust, so the latter can reuse the former's model
     runs.sort(key=lambda r: (r[1], r[0] != "plain"))

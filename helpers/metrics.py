@@ -5,7 +5,8 @@
 * language models: :func:`perplexity`;
 * continual learning (Lopez-Paz & Ranzato 2017; Chaudhry et al. 2018), from the accuracy matrix
   ``R[i][j]`` = accuracy on task ``j`` after training on task ``i``:
-  :func:`average_accuracy`, :func:`backward_transfer`, :func:`average_forgetting`.
+  :func:`average_accuracy`, :func:`backward_transfer`, :func:`average_forgetting`;
+* over repeated runs (seeds, splits, folds): :func:`mean_std`, the one aggregator of the notebooks.
 """
 
 from __future__ import annotations
@@ -103,3 +104,27 @@ def average_forgetting(R: Sequence[Sequence[float]]) -> float:
     if len(R) < 2:
         return 0.0
     return float(np.mean([R[:-1, j].max() - R[-1, j] for j in range(len(R) - 1)]))
+
+
+def _range(values):
+    return values.max() - values.min()
+
+
+_range.__name__ = "range"  # its column is <col>_range
+
+
+def mean_std(frame, by: Sequence[str], columns: Sequence[str], stats: Sequence[str] = ("mean", "std")):
+    """``mean ± std`` over repeated runs (seeds, splits, folds): one row per group of ``by``.
+
+    ``frame`` has one row per run; the result has ``<column>_<stat>`` for every column and statistic
+    (``std`` is the sample standard deviation: NaN for a single run) and ``seeds``, how many runs
+    each row aggregates. ``stats`` may add any pandas aggregation (``"min"``, ``"max"``, ...) and
+    ``"range"`` (max - min)::
+
+        mean_std(runs, ["method", "budget"], ["test_acc"])   # test_acc_mean, test_acc_std, seeds
+    """
+    grouped = frame.groupby(list(by), sort=False)
+    out = grouped[list(columns)].agg([_range if stat == "range" else stat for stat in stats])
+    out.columns = [f"{col}_{stat}" for col, stat in out.columns]
+    out["seeds"] = grouped.size()
+    return out

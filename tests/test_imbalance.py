@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import imbalance
+from helpers.config import KNOBS
 from helpers.models import SmallResNet
 
 
@@ -115,12 +116,13 @@ def test_imbalance_metrics_expose_the_tail():
     assert out["confusion"][3][0] == 10
 
 
-def test_check_methods_names_the_allowed_ones():
+def test_an_unknown_method_names_the_knob_and_the_allowed_ones():
+    images, labels = torch.rand(6, 1, 8, 8), torch.tensor([0, 0, 0, 0, 1, 1])
     with pytest.raises(ValueError, match=r"'imbalance_methods'=\['smote'\] is not allowed: .*'focal'"):
-        imbalance.check_methods(["smote"])
+        imbalance.rebalanced_data("smote", images, labels, seed=0)
 
 
-@pytest.mark.parametrize("method", imbalance.METHODS)
+@pytest.mark.parametrize("method", KNOBS["imbalance_methods"].choices)
 def test_every_method_trains_a_working_model(method):
     torch.manual_seed(0)
     pretrained = SmallResNet(5, width=4, stages=1)

@@ -38,3 +38,22 @@ def test_continual_learning_metrics():
 
 def test_perplexity():
     assert metrics.perplexity(math.log(7)) == pytest.approx(7)
+
+
+def test_mean_std_aggregates_runs_per_group_in_first_seen_order():
+    import pandas as pd
+
+    runs = pd.DataFrame({"method": ["b", "a", "b", "a", "b"], "seed": [0, 0, 1, 1, 2],
+                         "acc": [0.5, 0.9, 0.7, 0.7, 0.6], "loss": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    table = metrics.mean_std(runs, ["method"], ["acc", "loss"])
+    assert list(table.index) == ["b", "a"]
+    assert list(table.columns) == ["acc_mean", "acc_std", "loss_mean", "loss_std", "seeds"]
+    assert table.loc["b", "acc_mean"] == pytest.approx(0.6) and table.loc["a", "loss_std"] == pytest.approx(2 ** 0.5)
+    assert table.loc["b", "seeds"] == 3 and table.loc["a", "seeds"] == 2
+    spread = metrics.mean_std(runs, ["method"], ["acc"], stats=("mean", "std", "min", "max", "range"))
+    scores = np.array([0.5, 0.7, 0.6])
+    assert spread.loc["b", "acc_std"] == pytest.approx(scores.std(ddof=1))
+    assert (spread.loc["b", "acc_min"], spread.loc["b", "acc_max"]) == (0.5, 0.7)
+    assert spread.loc["b", "acc_range"] == pytest.approx(0.2)
+    two_keys = metrics.mean_std(runs.assign(budget=10), ["method", "budget"], ["acc"])
+    assert two_keys.index.names == ["method", "budget"] and two_keys.loc[("a", 10), "seeds"] == 2

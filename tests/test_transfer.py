@@ -1,4 +1,4 @@
-"""helpers.transfer: harmful sources, the transfer grid, severity shifts, recovery, crossover."""
+"""helpers.transfer: harmful sources, the transfer grid, recovery from a domain shift, crossover."""
 
 import pandas as pd
 import pytest
@@ -39,16 +39,6 @@ def test_steps_for_gives_enough_steps_and_epochs():
     assert transfer.steps_for(10, 32, min_steps=1, epochs=2) == 2  # the batch is the whole set
 
 
-def test_shift_severity_is_monotone_and_zero_is_identity():
-    images = torch.zeros(6, 1, 28, 28)
-    images[:, :, 10:18, 13:15] = 1.0
-    assert torch.equal(transfer.shift_at(images, 0.0, seed=1), images)
-    distance = [(transfer.shift_at(images, s, seed=1) - images).abs().mean().item() for s in (0.25, 0.5, 1.0)]
-    assert distance[0] < distance[1] < distance[2]
-    with pytest.raises(ValueError, match="severity=1.5 is not allowed"):
-        transfer.shift_at(images, 1.5, seed=0)
-
-
 def _toy_task(per_class=12):
     torch.manual_seed(0)
     labels = torch.arange(3).repeat(per_class)
@@ -74,6 +64,12 @@ def test_transfer_grid_and_shift_recovery_return_one_row_per_run():
         transfer.transfer_grid(task, {"scratch": None}, [("harmful", 2)], [0], min_steps=1, epochs=1, **common)
     recovery = transfer.shift_recovery(task, pretrained, 2, [2], [0.0, 1.0], [0], steps=2, **common)
     assert len(recovery) == 4 and set(recovery.extra_per_class) == {0, 2}
+    with pytest.raises(ValueError, match=r"'transfer_budgets'=\[13\] is not allowed: .* in \[1, 12\]"):
+        transfer.transfer_grid(task, {"scratch": None}, [("scratch", 13)], [0], min_steps=1, epochs=1, **common)
+    with pytest.raises(ValueError, match=r"'shift_budget'=\[13\] is not allowed"):
+        transfer.shift_recovery(task, pretrained, 13, [], [0.0], [0], steps=1, **common)
+    with pytest.raises(ValueError, match=r"'shift_extra'=\[11\] is not allowed: .* in \[1, 10\]"):
+        transfer.shift_recovery(task, pretrained, 2, [0, 11], [0.0], [0], steps=1, **common)
 
 
 def test_crossover_finds_the_first_budget_where_scratch_catches_up():

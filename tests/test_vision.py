@@ -1,10 +1,10 @@
-"""Vision track helpers: target splits, shift, probes, pretraining cache, methods, budgets."""
+"""Vision track helpers: target splits, shift, probes, pretraining cache, fine-tuning methods, budgets."""
 
 import pytest
 import torch
 
-from helpers import methods, vision
-from helpers.config import resolve
+from helpers import finetuning, vision
+from helpers.config import KNOBS, resolve
 from helpers.models import SmallResNet, count_parameters
 
 
@@ -30,13 +30,31 @@ def test_budgets_are_per_class_and_nested(task):
 
 def test_too_large_budget_fails_before_training(task):
     with pytest.raises(ValueError, match=r"'budgets'=\[1, 100000\] is not allowed: .* in \[1, 300\]"):
-        vision.check_budgets([1, 100_000], task)
+        vision.finetune_grid(task, None, [("scratch", 1), ("scratch", 100_000)], [0], steps=1, lr=1e-3,
+                             batch_size=8, width=4, bf16=False, progress=False)
+    with pytest.raises(ValueError, match=r"'compare_budget'=\[301\] is not allowed"):
+        vision.finetune_grid(task, None, [("scratch", 301)], [0], steps=1, lr=1e-3, batch_size=8, width=4,
+                             bf16=False, progress=False, knob="compare_budget")
 
 
 def test_shift_is_deterministic():
     images = torch.rand(4, 1, 28, 28)
-    assert torch.equal(vision.shift(images, 3), vision.shift(images, 3))
-    assert not torch.equal(vision.shift(images, 3), vision.shift(images, 4))
+    assert torch.equal(vision.shift(images, 0.5, 3), vision.shift(images, 0.5, 3))
+    assert not torch.equal(vision.shift(images, 0.5, 3), vision.shift(images, 0.5, 4))
+
+
+def test_shift_severity_is_monotone_and_zero_is_identity():
+    images = torch.zeros(6, 1, 28, 28)
+    images[:, :, 10:18, 13:15] = 1.0
+    assert torch.equal(vision.shift(images, 0.0, seed=1), images)
+    distance = [(vision.shift(images, s, seed=1) - images).abs().mean().item() for s in (0.25, 0.5, 1.0)]
+    assert distance[0] < distance[1] < distance[2]
+    with pytest.raises(ValueError, match="severity=1.5 is not allowed"):
+        vision.shift(images, 1.5, seed=0)
+
+
+def test_the_shifted_test_set_is_the_shift_at_test_severity(task):
+    assert torch.equal(task.shifted[0], vision.shift(task.test[0], vision.TEST_SHIFT, seed=1))
 
 
 def test_rotation_task_labels_match_rotations():
@@ -67,7 +85,7 @@ def test_pretrained_cnn_trains_once_then_loads(store):
     second, again = vision.pretrained_cnn(P, "supervised", progress=False)
     assert not again["trained"] and again["flops"] == summary["flops"]
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
-    with pytest.raises(ValueError, match="'objective'='jigsaw'"):
+    with pytest.raises(ValueError, match="objective='jigsaw' is not allowed"):
         vision.pretrained_cnn(P, "jigsaw")
 
 
@@ -77,7 +95,7 @@ def _toy(n_per_class=4):
     return x, y
 
 
-@pytest.mark.parametrize("method", methods.METHODS)
+@pytest.mark.parametrize("method", KNOBS["methods"].choices)
 def test_every_method_runs_and_leaves_pretrained_untouched(method):
     torch.manual_seed(0)
     pretrained = SmallResNet(40, width=4)
@@ -90,7 +108,7 @@ def test_every_method_runs_and_leaves_pretrained_untouched(method):
 
 
 def vision_finetune(method, pretrained):
-    return methods.finetune(method, pretrained, _toy(), num_classes=10, steps=4, lr=1e-3, batch_size=8,
+    return finetuning.finetune(method, pretrained, _toy(), num_classes=10, steps=4, lr=1e-3, batch_size=8,
                             seed=0, width=4, forward_flops=1e5)
 
 
@@ -104,17 +122,17 @@ def test_linear_probe_changes_only_the_head():
 
 def test_discriminative_lrs_decay_with_depth():
     model = SmallResNet(10, width=4)
-    groups = methods.discriminative_param_groups(model, lr=1.0, weight_decay=0.0)
+    groups = finetuning.discriminative_param_groups(model, lr=1.0, weight_decay=0.0)
     lrs = sorted({g["lr"] for g in groups}, reverse=True)
-    assert lrs[0] == 1.0 and len(lrs) == len(methods.units_top_down(model))
-    assert lrs[1] == pytest.approx(1 / methods.DISCRIMINATIVE_DECAY)
+    assert lrs[0] == 1.0 and len(lrs) == len(finetuning.units_top_down(model))
+    assert lrs[1] == pytest.approx(1 / finetuning.DISCRIMINATIVE_DECAY)
     n_grouped = sum(p.numel() for g in groups for p in g["params"])
     assert n_grouped == count_parameters(model)
 
 
 def test_gradual_unfreezing_unfreezes_top_down():
     model = SmallResNet(10, width=4)
-    hook = methods.GradualUnfreezing(model, epochs=8)
+    hook = finetuning.GradualUnfreezing(model, epochs=8)
     assert count_parameters(model, trainable_only=True) == count_parameters(model.head)
     row = {}
     hook(hook.phase_epochs, model, row)
@@ -125,6 +143,6 @@ def test_gradual_unfreezing_unfreezes_top_down():
 
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match=r"'methods'=\['fine_tune'\] is not allowed"):
-        methods.check_methods(["fine_tune"])
+        finetuning.finetune("fine_tune", None, _toy(), num_classes=10, steps=1, lr=1e-3, batch_size=8, seed=0)
     with pytest.raises(ValueError, match="needs a pretrained model"):
-        methods.finetune("full_ft", None, _toy(), num_classes=10, steps=1, lr=1e-3, batch_size=8, seed=0)
+        finetuning.finetune("full_ft", None, _toy(), num_classes=10, steps=1, lr=1e-3, batch_size=8, seed=0)

@@ -1,0 +1,176 @@
+"""Fine-tuning strategies: how much of a pretrained network to change, and how fast.
+
+Every strategy here is an option of the one training loop (:func:`helpers.train.train`): it chooses
+which parameters train, at which learning rate, and in which order. None copies the loop. The
+allowed names are the ``methods`` knob's choices (``config.KNOBS["methods"].choices``):
+
+=====================  ============================================================================
+``scratch``            same architecture, random weights, everything trains (the baseline)
+``linear_probe``       feature extraction: the pretrained backbone is frozen; a linear head is
+                       trained on its features (computed once: the cheapest method by far)
+``full_ft``            start from the pretrained weights, new head, everything trains
+``lp_ft``              linear probe first, then full fine-tuning from that head (Kumar et al. 2022:
+                       a trained head distorts the features less than a random one)
+``discriminative_lr``  lower layers get smaller learning rates (ULMFiT: ``lr / 2.6**depth``)
+``gradual_unfreezing`` train the head first, then unfreeze one stage more per phase, top down
+``full_ft_high_lr``    full fine-tuning with a learning rate 10x too high: watch pretrained
+                       features being destroyed
+=====================  ============================================================================
+
+What fine-tuning makes a network forget, and how to limit it, is :mod:`helpers.forgetting`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .config import check
+from .models import SmallResNet, count_parameters, new_head, set_trainable
+from .train import Data, History, default_param_groups, train, train_mode
+
+HIGH_LR_FACTOR = 10.0
+DISCRIMINATIVE_DECAY = 2.6
+
+
+def units_top_down(model: SmallResNet) -> list[list[nn.Module]]:
+    """The network as trainable units from the head down: head, last stage, ..., the stem."""
+    blocks = [m for m in model.backbone if any(True for _ in m.parameters())]
+    stem, stages = blocks[:2], blocks[2:]  # conv + BN, then the residual stages
+    return [[model.head]] + [[stage] for stage in reversed(stages)] + [stem]
+
+
+def discriminative_param_groups(model: SmallResNet, lr: float, weight_decay: float,
+                                decay: float = DISCRIMINATIVE_DECAY) -> list[dict[str, Any]]:
+    """Optimizer groups with ``lr / decay**depth``: the head learns fastest, the stem slowest."""
+    groups = []
+    for depth, unit in enumerate(units_top_down(model)):
+        wrapper = nn.ModuleList(unit)
+        for group in default_param_groups(wrapper, lr / decay**depth, weight_decay):
+            groups.append(group)
+    return groups
+
+
+class GradualUnfreezing:
+    """An ``on_epoch_end`` hook: start with only the head trainable, unfreeze one unit per phase."""
+
+    def __init__(self, model: SmallResNet, epochs: int):
+        self.units = units_top_down(model)
+        self.phase_epochs = max(1, math.ceil(epochs / len(self.units)))
+        set_trainable(model, False)
+        set_trainable(self.units[0], True)
+
+    def __call__(self, epoch: int, model: nn.Module, row: dict[str, Any]) -> None:
+        unfrozen = min(len(self.units), 1 + epoch // self.phase_epochs)
+        for unit in self.units[:unfrozen]:
+            set_trainable(unit, True)
+        train_mode(model)  # newly unfrozen BatchNorm layers start updating their statistics
+        row["unfrozen_units"] = unfrozen
+
+
+@torch.no_grad()
+def extract_features(model: SmallResNet, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Backbone features in eval mode (BatchNorm uses its pretrained statistics)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model.features(images[i:i + batch_size].to(device)).float().cpu()
+                     for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def epochs_for(n_examples: int, batch_size: int, steps: int) -> tuple[int, int]:
+    """(epochs, batch) so that a budget of any size gets about ``steps`` optimisation steps."""
+    batch = min(batch_size, n_examples)
+    per_epoch = math.ceil(n_examples / batch)
+    return max(1, round(steps / per_epoch)), batch
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuned model and what it cost."""
+
+    model: SmallResNet
+    history: History
+    method: str
+    seconds: float
+    images_seen: int
+    trainable_params: int
+    total_params: int
+    flops: float  # training FLOPs (forward + backward ~ 3x forward where gradients flow)
+
+
+def _train_head(model: SmallResNet, data: tuple[torch.Tensor, torch.Tensor], *, steps: int,
+                lr: float, batch_size: int, seed: int, weight_decay: float) -> tuple[History, int]:
+    """Feature extraction: fit ``model.head`` on frozen features computed once."""
+    set_trainable(model.backbone, False)
+    features = extract_features(model, data[0])
+    epochs, batch = epochs_for(len(features), batch_size, steps)
+    history = train(model.head, (features.to(next(model.parameters()).device), data[1]), epochs=epochs,
+                    lr=lr, batch_size=batch, seed=seed, weight_decay=weight_decay, progress=False)
+    return history, len(features)
+
+
+def finetune(method: str, pretrained: SmallResNet | None, data: tuple[torch.Tensor, torch.Tensor], *,
+             num_classes: int, steps: int, lr: float, batch_size: int, seed: int,
+             width: int = 16, weight_decay: float = 1e-4, bf16: bool = False,
+             val_data: Data | None = None, device: torch.device | str = "cpu",
+             forward_flops: float = 0.0, loss_fn: Callable[..., Any] | None = None) -> FineTuned:
+    """Adapt ``pretrained`` (unchanged: it is copied) to ``data`` with one of the ``methods`` knob's choices.
+
+    Every method gets the same budget of about ``steps`` optimisation steps, so their costs and
+    accuracies compare fairly. ``forward_flops`` (FLOPs of one image through the whole network) is
+    used for the cost estimate. ``loss_fn`` replaces cross-entropy when the network trains (see
+    :func:`helpers.train.train`; class weights, focal loss); a linear probe's head fit keeps it.
+    """
+    check("methods", [method])
+    if method != "scratch" and pretrained is None:
+        raise ValueError(f"method {method!r} needs a pretrained model (got None)")
+    torch.manual_seed(seed)
+    if method == "scratch":
+        model = SmallResNet(num_classes, in_channels=data[0].shape[1], width=width)
+    else:
+        model = new_head(copy.deepcopy(pretrained), num_classes, seed=seed)
+    model.to(device)
+    start = time.perf_counter()
+    epochs, batch = epochs_for(len(data[0]), batch_size, steps)
+    common = dict(batch_size=batch, seed=seed, weight_decay=weight_decay, bf16=bf16, device=device,
+                  val_data=val_data, progress=False, loss_fn=loss_fn)
+    head_flops = 3 * 2 * model.head.in_features * num_classes
+    images_seen = 0
+
+    if method == "linear_probe":
+        history, n = _train_head(model, data, steps=steps, lr=lr * 3, batch_size=batch_size, seed=seed,
+                                 weight_decay=weight_decay)
+        set_trainable(model, True)
+        return FineTuned(model, history, method, time.perf_counter() - start, n * epochs,
+                         count_parameters(model.head), count_parameters(model),
+                         n * forward_flops + head_flops * n * epochs)
+    if method == "lp_ft":
+        _, n = _train_head(model, data, steps=steps, lr=lr * 3, batch_size=batch_size, seed=seed,
+                           weight_decay=weight_decay)
+        set_trainable(model, True)
+        images_seen += n  # the features pass
+        history = train(model, data, epochs=epochs, lr=lr / 2, **common)
+    elif method == "discriminative_lr":
+        history = train(model, data, epochs=epochs, lr=lr,
+                        param_groups=discriminative_param_groups(model, lr, weight_decay), **common)
+    elif method == "gradual_unfreezing":
+        hook = GradualUnfreezing(model, epochs)
+        history = train(model, data, epochs=epochs, lr=lr, on_epoch_end=[hook],
+                        param_groups=default_param_groups(model, lr, weight_decay, include_frozen=True), **common)
+    else:
+        factor = HIGH_LR_FACTOR if method == "full_ft_high_lr" else 1.0
+        history = train(model, data, epochs=epochs, lr=lr * factor, **common)
+    seen = history.examples_seen
+    set_trainable(model, True)
+    return FineTuned(model, history, method, time.perf_counter() - start, images_seen + seen,
+                     count_parameters(model, trainable_only=True), count_parameters(model),
+                     3 * forward_flops * seen + images_seen * forward_flops)
