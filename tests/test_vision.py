@@ -53,7 +53,7 @@ def test_shift_severity_is_monotone_and_zero_is_identity():
         vision.shift(images, 1.5, seed=0)
 
 
-def test_the_shifted_test_set_is_the_shift_at_test_severity(task):
+def test_the_shifted_test_set_is_shifted_at_the_test_severity(task):
     assert torch.equal(task.shifted[0], vision.shift(task.test[0], vision.TEST_SHIFT, seed=1))
 
 
