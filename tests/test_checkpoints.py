@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,7 +135,7 @@ from pathlib import Path
 import torch
 from helpers import checkpoints as ck
 
-log, go = Path(sys.argv[1]), Path(sys.argv[2])
+go, log = Path(sys.argv[1]), Path(sys.argv[2])
 while not go.exists():  # both processes start building at the same moment
     time.sleep(0.01)
 
@@ -156,23 +159,26 @@ print(json.dumps({"folder": str(folder), "trained": out["trained"], "by": out["b
 """
 
 
-def test_two_processes_build_a_shared_artefact_once(store, tmp_path):
-    """Two processes (two notebooks under `helpers.run --jobs 2`) asking for the same missing
-    artefact: one builds it, the other waits on the lock and loads the result."""
-    import subprocess
-    import sys
-
-    log, go = tmp_path / "builds.log", tmp_path / "go"
+def race(code: str, *args: str, store: Path, go: Path, n: int = 2, timeout: float = 300) -> list[dict]:
+    """Run ``code`` in ``n`` processes at once (``python -c code go *args``, sharing ``store``): they
+    wait for the file ``go``, created once all have started. Returns each one's last stdout line, as JSON."""
     env = {**os.environ, "WORKBOOK_STORE": str(store), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(log), str(go)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(go), *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
     go.touch()
     outs = []
     for proc in procs:
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, stderr[-2000:]
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    return outs
+
+
+def test_two_processes_build_a_shared_artefact_once(store, tmp_path):
+    """Two processes (two notebooks under `helpers.run --jobs 2`) asking for the same missing
+    artefact: one builds it, the other waits on the lock and loads the result."""
+    log = tmp_path / "builds.log"
+    outs = race(_RACER, str(log), store=store, go=tmp_path / "go", timeout=120)
     lines = log.read_text().split()
     assert lines.count("cached") == 1 and lines.count("trained") == 1, lines
     assert outs[0]["folder"] == outs[1]["folder"]

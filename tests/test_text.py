@@ -7,9 +7,6 @@ import copy
 import json
 import logging
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ from helpers import text
 from helpers.config import check_budgets, resolve
 from helpers.models import count_parameters, tiny_gpt
 from helpers.train import IGNORE, evaluate
+from test_checkpoints import race  # two processes started at the same moment
 
 TINY = {"text_chars": 6_000, "vocab_size": 300, "seq_len": 32, "gpt_width": 16, "gpt_layers": 1,
         "gpt_heads": 2, "lm_epochs": 1, "text_batch_size": 16, "mlm_epochs": 1, "dapt_chars": 4_000,
@@ -278,16 +276,7 @@ print(json.dumps({"trained": gpt.trained, "folder": str(gpt.folder), "weights": 
 def test_two_processes_pretrain_the_same_gpt_once(store, tmp_path):
     """Two notebooks under `helpers.run --jobs 2` that need the same missing GPT: one trains it, the
     other waits on the build lock and loads the verified folder."""
-    go = tmp_path / "go"
-    env = {**os.environ, "WORKBOOK_STORE": str(store), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _PRETRAINER, str(go), json.dumps(TINY)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    go.touch()
-    outs = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr[-2000:]
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    outs = race(_PRETRAINER, json.dumps(TINY), store=store, go=tmp_path / "go")
     assert sorted(o["trained"] for o in outs) == [False, True]  # trained exactly once
     assert outs[0]["folder"] == outs[1]["folder"] and outs[0]["weights"] == outs[1]["weights"]
     assert len(list((store / "gpt-pretrain").iterdir())) == 1
@@ -315,5 +304,5 @@ def test_lora_starts_as_the_base_model_and_trains_few_parameters():
     embedding = dict(base.named_parameters())["transformer.wte.weight"]
     tuned, _ = text.specialise_lm("lora", base, blocks, steps=2, lr=1e-2, batch_size=8, seed=0, rank=2)
     assert torch.equal(dict(tuned.named_parameters())["transformer.wte.weight"], embedding)  # frozen under LoRA
-    with pytest.raises(ValueError, match="'method'='adapter' is not allowed"):
+    with pytest.raises(ValueError, match="specialise_lm: method='adapter' is not allowed"):
         text.specialise_lm("adapter", base, blocks, steps=1, lr=1e-2, batch_size=8, seed=0)

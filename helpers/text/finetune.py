@@ -289,7 +289,7 @@ def specialise_lm(method: str, pretrained: nn.Module, blocks: torch.Tensor, *, s
     Returns the adapted model (LoRA merged back into plain weights) and its history.
     """
     if method not in SPECIALISE_METHODS:
-        raise ValueError(f"parameter 'method'={method!r} is not allowed: expected one of {list(SPECIALISE_METHODS)}")
+        raise ValueError(f"specialise_lm: method={method!r} is not allowed: expected one of {list(SPECIALISE_METHODS)}")
     torch.manual_seed(seed)
     model = copy.deepcopy(pretrained).to(device)
     if method == "lora":
