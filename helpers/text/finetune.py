@@ -26,6 +26,7 @@ from torch import nn
 from .. import data
 from ..checkpoints import save_tensors
 from ..config import KNOBS, check, check_budgets
+from ..finetuning import epochs_for
 from ..models import count_parameters, set_trainable
 from ..train import History, evaluate, train
 from .corpora import PAD, TextTask, encode_texts
@@ -172,8 +173,6 @@ def finetune_text(method: str, base: Pretrained, train_data: tuple[torch.Tensor,
     ``lr x LR_FACTOR[method]``, trained by :func:`helpers.train.train`. With ``measure`` it also
     counts the training memory and the size of what the method must save.
     """
-    from ..methods import epochs_for
-
     check("text_methods", [method])
     torch.manual_seed(seed)
     start = time.perf_counter()
