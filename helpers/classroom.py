@@ -56,6 +56,21 @@ def check(condition: Any, hint: str, *, success: str | None = None) -> None:
 # student versions
 # --------------------------------------------------------------------------------------------
 
+def show_source(obj: Any) -> Any:
+    """Show the code of a helper a notebook teaches (a function, class or method), highlighted.
+
+    The notebooks call the package for the work; this shows the few lines being taught, so a
+    learner reads the real implementation rather than a copy that could drift from it. Returns an
+    IPython ``Code`` object (rendered in Jupyter; plain text under papermill).
+    """
+    import inspect
+    import textwrap
+
+    from IPython.display import Code
+
+    return Code(textwrap.dedent(inspect.getsource(obj)), language="python")
+
+
 def _tags(cell: Any) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 

@@ -148,3 +148,11 @@ def test_the_workbook_notebooks_make_valid_student_versions(tmp_path):
         first = solutions[0] if solutions else len(nb.cells)
         assert [c.source for c in student.cells[:first]] == [c.source for c in nb.cells[:first]]
         assert json.dumps([c.get("outputs", []) for c in student.cells]).count("output_type") == 0
+
+
+def test_show_source_gives_the_real_code_of_a_helper():
+    from helpers import metrics
+    from helpers.classroom import show_source
+
+    code = show_source(metrics.backward_transfer)
+    assert code.data.startswith("def backward_transfer(") and "return" in code.data
