@@ -166,8 +166,8 @@ class UsageError(Exception):
 
 
 def _notebooks(names: Sequence[str], folder: Path) -> list[Path]:
-    from .run import UsageError as RunUsageError
-    from .run import available_notebooks, find_notebook
+    from .plan import UsageError as RunUsageError
+    from .plan import available_notebooks, find_notebook
 
     if not names:
         found = available_notebooks(folder)

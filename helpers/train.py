@@ -165,7 +165,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, total_steps: int, schedule: 
                   warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
     """A multiplicative LR schedule: linear warm-up, then constant / cosine / linear decay to 0."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"parameter 'schedule'={schedule!r} is not allowed: expected one of {SCHEDULES}")
+        raise ValueError(f"make_schedule: schedule={schedule!r} is not allowed: expected one of {SCHEDULES}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -244,7 +244,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
     ``(mean loss, correct predictions, batch size)`` like :func:`batch_loss`.
     """
     if task not in TASKS:
-        raise ValueError(f"parameter 'task'={task!r} is not allowed: expected one of {TASKS}")
+        raise ValueError(f"train: task={task!r} is not allowed: expected one of {TASKS}")
     if lr <= 0 or not math.isfinite(lr):
         raise ValueError(f"parameter 'lr'={lr!r} is not allowed: expected a finite number > 0")
     if epochs < 1 or batch_size < 1:

@@ -31,7 +31,6 @@ NAMING = [re.compile(p) for p in (
 # Function arguments still reported as "parameter 'X'" by modules this test does not own; their
 # owners should word them "function: X=..." (or make X a knob) and drop the entry here.
 NOT_YET_RENAMED = {
-    ("helpers/train.py", "schedule"), ("helpers/train.py", "task"),
     ("helpers/methods.py", "method"), ("helpers/text/finetune.py", "method"),
 }
 
