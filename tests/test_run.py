@@ -159,6 +159,7 @@ def test_notebook_parameters_must_be_knobs(nbdir, tmp_path, capsys):
 
 # ---------------------------------------------------------------- real executions (papermill)
 
+@pytest.mark.notebooks  # executes real notebooks in kernels (seconds each)
 def test_sweep_runs_each_point_and_reports(nbdir, tmp_path, capsys):
     out = tmp_path / "out"
     code = run.main(_cli(nbdir, out, "0", "--sweep", "seed=0,1", "-p", "lr=1e-3", "--jobs", "2"))
@@ -210,6 +211,7 @@ def test_sweep_runs_each_point_and_reports(nbdir, tmp_path, capsys):
     assert "(earlier session)" in (out / "report.html").read_text()
 
 
+@pytest.mark.notebooks  # executes real notebooks in kernels (seconds each)
 def test_failure_does_not_stop_the_batch(nbdir, tmp_path, capsys):
     out = tmp_path / "out"
     code = run.main(_cli(nbdir, out, "01_bad", "2", "--profile", "smoke"))
