@@ -157,4 +157,17 @@ def table(recorded: Mapping[str, Any], name: str):
     import pandas as pd
 
     spec = recorded["tables"][name]
-    return pd.DataFrame(spec["rows"], columns=spec["columns"])
+    frame = pd.DataFrame(spec["rows"], columns=spec["columns"])
+    # JSON has no NaN: record_table wrote non-finite floats as "nan"/"inf" (a std over one seed is
+    # NaN). A column of numbers and such strings comes back as floats, so arithmetic on it works.
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object and values.map(_non_finite_or_number).all():
+            frame[column] = values.map(lambda v: float(v) if isinstance(v, str) else v).astype(float)
+    return frame
+
+
+def _non_finite_or_number(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in ("nan", "inf", "-inf")
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

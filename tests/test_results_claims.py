@@ -1,4 +1,5 @@
 import json
+import math
 
 import matplotlib
 import pytest
@@ -55,3 +56,12 @@ def test_sibling_results_are_found_beside_this_notebook(tmp_path):
     found = results.sibling("03_")
     assert found is not None and results.table(found, "cost").to_dict("records") == [{"stage": "a", "flops": 1.0}]
     assert results.sibling("07_") is None
+
+
+def test_a_recorded_nan_comes_back_as_a_float(tmp_path):
+    resolve("smoke")  # one seed: its std is NaN, which JSON stores as the string "nan"
+    results.record_table("curve", pd.DataFrame({"method": ["a", "b"], "acc_std": [float("nan"), 0.5],
+                                                "verdict": ["nan", "ok"]}))
+    back = results.table(results.current().data, "curve")
+    assert back["acc_std"].dtype == float and math.isnan(back["acc_std"][0]) and back["acc_std"][1] == 0.5
+    assert back["verdict"].tolist() == ["nan", "ok"]  # a text column stays text
