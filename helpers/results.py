@@ -162,7 +162,7 @@ def table(recorded: Mapping[str, Any], name: str):
     # NaN). A column of numbers and such strings comes back as floats, so arithmetic on it works.
     for column in frame.columns:
         values = frame[column]
-        if values.dtype == object and values.map(_non_finite_or_number).all():
+        if not pd.api.types.is_numeric_dtype(values) and values.map(_non_finite_or_number).all():
             frame[column] = values.map(lambda v: float(v) if isinstance(v, str) else v).astype(float)
     return frame
 

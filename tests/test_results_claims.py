@@ -60,8 +60,10 @@ def test_sibling_results_are_found_beside_this_notebook(tmp_path):
 
 def test_a_recorded_nan_comes_back_as_a_float(tmp_path):
     resolve("smoke")  # one seed: its std is NaN, which JSON stores as the string "nan"
-    results.record_table("curve", pd.DataFrame({"method": ["a", "b"], "acc_std": [float("nan"), 0.5],
+    nan = float("nan")
+    results.record_table("curve", pd.DataFrame({"method": ["a", "b"], "acc_std": [nan, 0.5], "one_seed": [nan, nan],
                                                 "verdict": ["nan", "ok"]}))
-    back = results.table(results.current().data, "curve")
+    back = results.table(json.loads((tmp_path / "test.results.json").read_text()), "curve")
     assert back["acc_std"].dtype == float and math.isnan(back["acc_std"][0]) and back["acc_std"][1] == 0.5
+    assert back["one_seed"].dtype == float and back["one_seed"].isna().all()
     assert back["verdict"].tolist() == ["nan", "ok"]  # a text column stays text
