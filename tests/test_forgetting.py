@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import finetuning, forgetting, methods
+from helpers import finetuning, forgetting
 from helpers.config import KNOBS
 from helpers.models import SmallResNet, count_parameters, new_head
 from helpers.train import evaluate, train
@@ -205,7 +205,7 @@ def test_train_loop_is_not_copied():
     """Mitigations call helpers.train.train: the loop exists once."""
     import inspect
 
-    for module in (finetuning, forgetting, methods):
+    for module in (finetuning, forgetting):
         source = inspect.getsource(module)
         assert source.count("optimizer.step()") == 0 and source.count(".backward()") == 0
     assert train.__module__ == "helpers.train"

@@ -28,12 +28,6 @@ NAMING = [re.compile(p) for p in (
     r"\b\w*knob=\"(\w+)\"",
 )]
 
-# Function arguments still reported as "parameter 'X'" by modules this test does not own; their
-# owners should word them "function: X=..." (or make X a knob) and drop the entry here.
-NOT_YET_RENAMED = {
-    ("helpers/methods.py", "method"), ("helpers/text/finetune.py", "method"),
-}
-
 
 def _named(lines, where):
     for number, line in enumerate(lines, 1):
@@ -63,7 +57,7 @@ def test_the_scan_finds_the_checks():
 def test_every_parameter_named_in_helpers_and_notebooks_is_a_knob():
     unknown = [f"{where}:{number}: {name!r} in {line}"
                for where, number, name, line in [*_helpers_sources(), *_notebook_sources()]
-               if name not in KNOBS and (where, name) not in NOT_YET_RENAMED]
+               if name not in KNOBS]
     assert not unknown, "errors or checks name parameters that are not knobs:\n" + "\n".join(unknown)
 
 
