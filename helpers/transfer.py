@@ -9,7 +9,9 @@
   ``min_steps`` steps *and* ``epochs`` passes over its data, so a large budget is not starved.
 * :func:`shift_recovery` -- inputs shifted with growing severity (:func:`helpers.vision.shift`), and
   how much a few labelled examples *from the shifted domain* win back.
-* :func:`crossover` -- the smallest label budget at which training from scratch catches up.
+* :func:`crossover` -- the smallest label budget at which training from scratch catches up;
+  :func:`vs_scratch` and :func:`gap_figure` -- the advantage of each source over scratch, per budget.
+* :func:`check_plan` -- the notebook's budgets and severities, checked before any training.
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ from .vision import shift
 
 HARMFUL_VERSION = 1
 TEST_SEED = 10_007  # the one seed of the shifted test sets: every model is tested on the same images
+
+
+def check_plan(params: Mapping[str, Any], task) -> tuple[list[int], list[float]]:
+    """The label budgets and shift severities notebook 08 measures, sorted, with every budget checked
+    against ``task``'s pool *before* any training (a bad knob fails in seconds, not after an hour).
+
+    ``transfer_budgets`` must fit the pool; so must ``shift_budget`` plus each ``shift_extra`` (the
+    shifted examples are drawn from the same pool, beside the clean ones).
+    """
+    budgets = config.check_budgets("transfer_budgets", sorted(set(params["transfer_budgets"])), task.max_budget,
+                                   f"{task.name} pool")
+    config.check_budgets("shift_extra", [params["shift_budget"] + k for k in params["shift_extra"]],
+                         task.max_budget, f"{task.name} pool, on top of shift_budget={params['shift_budget']}")
+    return budgets, sorted(set(params["shift_severities"]))
 
 
 # --- a harmful pretraining source -----------------------------------------------------------------
@@ -140,7 +156,89 @@ def crossover(table, challenger: str = "scratch", incumbent: str = "related", to
     return reached[0] if reached else None
 
 
+def vs_scratch(table, baseline: str = "scratch"):
+    """Mean test accuracy, one row per starting point and one column per budget, plus a row
+    ``"<init> - scratch"`` for every other starting point: what pretraining on it gained (positive)
+    or cost (negative) over training from ``baseline``. ``table``: :func:`transfer_grid` averaged
+    by :func:`helpers.metrics.mean_std` over (init, budget). A budget an init skipped is NaN.
+    """
+    accuracy = table["test_acc_mean"].unstack("budget")
+    for init in [name for name in accuracy.index if name != baseline]:
+        accuracy.loc[f"{init} - {baseline}"] = accuracy.loc[init] - accuracy.loc[baseline]
+    return accuracy
+
+
+def gap_figure(table, challenger: str = "scratch", incumbent: str = "related", title: str | None = None):
+    """``incumbent`` minus ``challenger`` mean accuracy against the label budget (log scale), with
+    error bars of the two seed stds combined (``sqrt(a**2 + b**2)``, as for independent runs); a line
+    at 0 marks where the challenger has caught up."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    mean, std = table["test_acc_mean"].unstack("budget"), table["test_acc_std"].unstack("budget")
+    gap = mean.loc[incumbent] - mean.loc[challenger]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.errorbar(gap.index, gap.values, yerr=np.hypot(std.loc[incumbent], std.loc[challenger]), marker="o", capsize=3)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set(xscale="log", xlabel="labels per class", ylabel=f"accuracy: {incumbent} - {challenger}",
+           title=title or "the benefit of pretraining as labels grow")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 # --- domain shift of growing severity -------------------------------------------------------------
+
+def with_shifted_examples(pool: tuple[torch.Tensor, torch.Tensor], clean: torch.Tensor, per_class: int,
+                          severity: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cure for a domain shift: the clean training examples ``pool[clean]`` plus ``per_class``
+    *other* labelled pool examples per class, moved into the shifted domain (:func:`helpers.vision.shift`
+    at ``severity``). Collecting a few labels where the model will be used, not more clean ones.
+    ``per_class=0``: the clean examples alone."""
+    images, labels = pool[0][clean], pool[1][clean]
+    if per_class:
+        rest = torch.ones(len(pool[1]), dtype=torch.bool)
+        rest[clean] = False  # new data from the new domain, not the clean images shifted
+        extra = data.label_budget(pool[1], per_class, seed + 1, indices=torch.nonzero(rest).flatten())
+        images = torch.cat([images, shift(pool[0][extra], severity, seed + 2)])
+        labels = torch.cat([labels, pool[1][extra]])
+    return images, labels
+
+
+def shift_examples(task, severities: Sequence[float], classes: int = 8):
+    """One test image of each of the first ``classes`` classes (columns), shifted at each severity
+    (rows), with the seed every shifted test set uses (:data:`TEST_SEED`)."""
+    from .plots import image_grid
+
+    one_per_class = [int(torch.nonzero(task.test[1] == c)[0]) for c in range(classes)]
+    rows = [shift(task.test[0], s, seed=TEST_SEED)[one_per_class] for s in severities]
+    return image_grid(torch.cat(rows), cols=classes, n=classes * len(severities),
+                      title="rows: severity " + ", ".join(f"{s:g}" for s in severities))
+
+
+def shift_figure(table, budget: int):
+    """Accuracy against shift severity, one line per training set (clean only, + k shifted per
+    class), from :func:`shift_recovery` averaged by :func:`helpers.metrics.mean_std` over
+    (extra_per_class, severity)."""
+    from .plots import mean_std_lines
+
+    labelled = table.reset_index()
+    labelled["training data"] = ["clean only" if k == 0 else f"+ {k} shifted / class" for k in labelled.extra_per_class]
+    return mean_std_lines(labelled, x="severity", y="acc", hue="training data", ylabel="test accuracy",
+                          title=f"{budget} clean labels per class, tested under shift")
+
+
+def falls_at_every_step(values: Sequence[float]) -> bool:
+    """Whether every value is strictly below the one before it (a steady decline, no plateau)."""
+    return all(a > b for a, b in zip(values, values[1:]))
+
+
+def recovered_fraction(acc, extra_per_class: Sequence[int], severity: float) -> dict[int, float]:
+    """For each ``k`` in ``extra_per_class``: the fraction of the accuracy lost between clean inputs
+    and ``severity`` that ``k`` shifted examples per class win back (0: nothing, 1: all of it).
+    ``acc``: mean accuracy indexed by (extra_per_class, severity), 0 extra = clean training only."""
+    drop = acc[(0, 0.0)] - acc[(0, severity)]
+    return {k: (acc[(k, severity)] - acc[(0, severity)]) / drop for k in extra_per_class}
 
 def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Sequence[int],
                    severities: Sequence[float], seeds: Sequence[int], *, train_severity: float = 1.0,
@@ -171,13 +269,7 @@ def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Se
     jobs = [(seed, k) for seed in seeds for k in dict.fromkeys([0, *extra_per_class])]
     for seed, k in tqdm(jobs, desc="domain-shift runs", disable=not progress):
         clean = data.label_budget(task.pool[1], budget, seed)
-        images, labels = task.pool[0][clean], task.pool[1][clean]
-        if k:
-            rest = torch.ones(len(task.pool[1]), dtype=torch.bool)
-            rest[clean] = False
-            extra = data.label_budget(task.pool[1], k, seed + 1, indices=torch.nonzero(rest).flatten())
-            images = torch.cat([images, shift(task.pool[0][extra], train_severity, seed + 2)])
-            labels = torch.cat([labels, task.pool[1][extra]])
+        images, labels = with_shifted_examples(task.pool, clean, k, train_severity, seed)
         tuned = finetune("full_ft", pretrained, (images, labels), num_classes=task.num_classes, steps=steps,
                          lr=lr, batch_size=batch_size, seed=seed, width=width, bf16=bf16, device=device,
                          weight_decay=weight_decay)

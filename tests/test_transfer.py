@@ -78,3 +78,68 @@ def test_crossover_finds_the_first_budget_where_scratch_catches_up():
     assert transfer.crossover(table) is None
     assert transfer.crossover(table, tolerance=0.01) == 300
     assert transfer.crossover(table, tolerance=0.2) == 100
+
+
+def test_check_plan_sorts_and_checks_every_budget_before_training():
+    task = _toy_task()  # 12 examples per class
+    plan = {"transfer_budgets": [5, 2, 5], "shift_budget": 4, "shift_extra": [3, 8], "shift_severities": [1.0, 0.0, 0.5]}
+    assert transfer.check_plan(plan, task) == ([2, 5], [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match=r"'transfer_budgets'=\[2, 13\] is not allowed"):
+        transfer.check_plan({**plan, "transfer_budgets": [13, 2]}, task)
+    with pytest.raises(ValueError, match=r"'shift_extra'=\[7, 13\] is not allowed: .* on top of shift_budget=4"):
+        transfer.check_plan({**plan, "shift_extra": [3, 9]}, task)
+
+
+def _grid_table():
+    index = pd.MultiIndex.from_product([["harmful", "related", "scratch"], [10, 100]], names=["init", "budget"])
+    table = pd.DataFrame({"test_acc_mean": [0.4, None, 0.8, 0.9, 0.5, 0.88],
+                          "test_acc_std": [0.01, None, 0.03, 0.0, 0.04, 0.02]}, index=index)
+    return table.dropna()  # the harmful source skipped the largest budget
+
+
+def test_vs_scratch_adds_one_gain_row_per_source():
+    accuracy = transfer.vs_scratch(_grid_table())
+    assert list(accuracy.index) == ["harmful", "related", "scratch", "harmful - scratch", "related - scratch"]
+    assert accuracy.loc["related - scratch"].tolist() == pytest.approx([0.3, 0.02])
+    assert accuracy.loc["harmful - scratch", 10] == pytest.approx(-0.1)
+    assert pd.isna(accuracy.loc["harmful - scratch", 100])
+
+
+def test_gap_figure_draws_the_gap_with_combined_error_bars():
+    fig = transfer.gap_figure(_grid_table())
+    ax = fig.axes[0]
+    line = ax.lines[0]
+    assert line.get_ydata().tolist() == pytest.approx([0.3, 0.02]) and ax.get_xscale() == "log"
+    bars = ax.containers[0].lines[2][0].get_segments()  # one vertical segment per budget
+    assert [seg[1][1] - seg[0][1] for seg in bars] == pytest.approx([2 * 0.05, 2 * 0.02])
+    assert "related - scratch" in ax.get_ylabel()
+
+
+def test_with_shifted_examples_adds_other_pool_examples_from_the_new_domain():
+    task = _toy_task()
+    clean = torch.tensor([0, 1, 2, 3, 4, 5])  # two per class (labels cycle 0, 1, 2)
+    images, labels = transfer.with_shifted_examples(task.pool, clean, 0, 1.0, seed=0)
+    assert torch.equal(images, task.pool[0][clean]) and torch.equal(labels, task.pool[1][clean])
+    images, labels = transfer.with_shifted_examples(task.pool, clean, 3, 0.0, seed=0)  # severity 0: unshifted copies
+    assert len(labels) == 15 and torch.bincount(labels[6:]).tolist() == [3, 3, 3]
+    added = [int(torch.nonzero((task.pool[0] == image).flatten(1).all(1))[0]) for image in images[6:]]
+    assert not set(added) & set(clean.tolist()) and task.pool[1][added].tolist() == labels[6:].tolist()
+    shifted, _ = transfer.with_shifted_examples(task.pool, clean, 3, 1.0, seed=0)
+    assert torch.equal(shifted[:6], images[:6]) and not torch.equal(shifted[6:], images[6:])
+
+
+def test_shift_figures_show_every_severity_and_training_set():
+    fig = transfer.shift_examples(_toy_task(), [0.0, 1.0], classes=3)
+    assert sum(1 for ax in fig.axes if ax.images) == 6
+    index = pd.MultiIndex.from_product([[0, 3], [0.0, 1.0]], names=["extra_per_class", "severity"])
+    table = pd.DataFrame({"acc_mean": [0.9, 0.3, 0.88, 0.7], "acc_std": [0.0] * 4}, index=index)
+    fig = transfer.shift_figure(table, budget=30)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["clean only", "+ 3 shifted / class"]
+    assert "30 clean labels" in fig.axes[0].get_title()
+
+
+def test_falls_and_recovered_fraction():
+    assert transfer.falls_at_every_step([0.9, 0.5, 0.2]) and not transfer.falls_at_every_step([0.9, 0.9, 0.2])
+    index = pd.MultiIndex.from_product([[0, 3, 10], [0.0, 1.0]], names=["extra_per_class", "severity"])
+    acc = pd.Series([0.9, 0.3, 0.88, 0.6, 0.89, 0.75], index=index)
+    assert transfer.recovered_fraction(acc, [3, 10], 1.0) == pytest.approx({3: 0.5, 10: 0.75})
