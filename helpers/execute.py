@@ -143,6 +143,23 @@ def error_info(err: BaseException) -> dict[str, Any]:
             "cell": getattr(err, "exec_count", None), "traceback": text}
 
 
+def section_seconds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where an executed notebook spent its time: the seconds of its code cells summed under each
+    ``## `` heading (papermill records each cell's duration), in notebook order. Cells before the
+    first heading count as "setup"; the kernel start is the run's wall time minus their sum."""
+    sections: dict[str, float] = {}
+    current = "setup"
+    for cell in cells:
+        if cell.get("cell_type") == "markdown":
+            heading = next((line[3:].strip() for line in "".join(cell.get("source", "")).splitlines()
+                            if line.startswith("## ")), None)
+            current = heading or current
+        duration = (cell.get("metadata", {}).get("papermill") or {}).get("duration")
+        if cell.get("cell_type") == "code" and isinstance(duration, (int, float)):
+            sections[current] = sections.get(current, 0.0) + float(duration)
+    return [{"section": name, "seconds": round(seconds, 3)} for name, seconds in sections.items()]
+
+
 def _slowest_cells(path: Path, n: int = 3) -> list[dict[str, Any]]:
     """The ``n`` slowest code cells (of 0.05 s or more) of an executed notebook, by ``In [n]``
     (papermill records each cell's duration in its metadata)."""
@@ -186,6 +203,10 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
     job.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     job.peak_rss_mb = None if rss.peak_mb is None else round(rss.peak_mb, 1)
     job.slowest_cells = _slowest_cells(output)
+    try:
+        job.sections = section_seconds(json.loads(output.read_text(encoding="utf-8"))["cells"])
+    except (OSError, ValueError, KeyError):
+        job.sections = []
     job.kernel_log = os.path.relpath(log, out) if log.is_file() else None
     return job
 

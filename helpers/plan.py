@@ -269,6 +269,7 @@ class Job:
     error: dict[str, Any] | None = None
     kernel_log: str | None = None  # relative to the out folder: what the kernel wrote to stderr
     slowest_cells: list[dict[str, Any]] = field(default_factory=list)
+    sections: list[dict[str, Any]] = field(default_factory=list)  # seconds per "## " section, in order
     finished: str | None = None  # when it ended (local time)
     earlier: bool = False  # recorded in an earlier session of this run folder and kept by --resume
 

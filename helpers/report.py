@@ -362,6 +362,9 @@ def render_html(out: Path, batch: Mapping[str, Any],
             parts.append(_html_table(table.get("columns", []), table.get("rows", [])))
         for name, relative in res.get("figures", {}).items():
             parts.append(_figure_html(out, name, relative))
+        if run.get("sections"):
+            parts.append("<p class=\"muted\">time by section: " + "; ".join(
+                f"{html.escape(c['section'])} {c['seconds']:.1f} s" for c in run["sections"]) + "</p>")
         if run.get("slowest_cells"):
             parts.append("<p class=\"muted\">slowest cells: " + "; ".join(
                 f"In [{c['cell']}] {c['seconds']:.1f} s <code>{html.escape(c['source'])}</code>"

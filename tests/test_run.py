@@ -312,3 +312,18 @@ def test_seed_aggregates_group_by_the_other_swept_values():
     rows = group["tables"]["t"]["rows"]
     assert rows[0][:2] == ["scratch", 1] and rows[0][2]["mean"] == pytest.approx(0.3)
     assert rows[1][2] == 0.6 and rows[0][3] == "(varies)"
+
+
+def test_section_seconds_sum_cell_durations_under_each_heading():
+    from helpers.execute import section_seconds
+
+    def code(seconds):
+        return {"cell_type": "code", "source": "x", "metadata": {"papermill": {"duration": seconds}}}
+
+    def heading(text):
+        return {"cell_type": "markdown", "source": [f"## {text}\n", "prose"], "metadata": {}}
+
+    cells = [code(1.0), heading("1 · Train"), code(2.0), code(0.5), {"cell_type": "markdown", "source": "prose"},
+             code(1.0), heading("Claims"), code(0.25)]
+    assert section_seconds(cells) == [{"section": "setup", "seconds": 1.0}, {"section": "1 · Train", "seconds": 3.5},
+                                      {"section": "Claims", "seconds": 0.25}]
