@@ -9,7 +9,8 @@
   its own (clean, un-augmented) training set in eval mode, accuracy on held-out data, and the gap.
 * :func:`shuffled_labels` and :func:`noisy_labels` make the memorisation experiments of Zhang et
   al. 2017 ("Understanding deep learning requires rethinking generalization"): a network big
-  enough to fit the data can fit *random* labels too, so fitting the training set proves nothing.
+  enough to fit the data can fit *random* labels too, so fitting the training set proves nothing;
+  :func:`memorised_fraction` counts the wrong labels a network learnt by heart.
 * :func:`kfold_scores` and :func:`random_split_scores`: the validation estimate of a small data set
   depends on which examples land in the validation split. k-fold cross-validation (scikit-learn's
   ``StratifiedKFold``) uses every example for validation once and shows that spread (summarise
@@ -210,6 +211,17 @@ def noisy_labels(labels: torch.Tensor, fraction: float, num_classes: int, seed: 
     offset = torch.randint(1, num_classes, (len(labels),), generator=gen)  # never 0: always a new class
     noisy = torch.where(flipped, (labels + offset) % num_classes, labels)
     return noisy, flipped
+
+
+@torch.no_grad()
+def memorised_fraction(model: torch.nn.Module, images: torch.Tensor, noisy: torch.Tensor,
+                       flipped: torch.Tensor) -> float:
+    """The share of the *wrong* labels (``flipped``, from :func:`noisy_labels`) a trained model
+    predicts on its own training images: how many of them it learnt by heart."""
+    from .metrics import predict
+
+    guesses = predict(model, images[flipped])
+    return float((guesses == noisy[flipped]).float().mean())
 
 
 FitScore = Callable[[np.ndarray, np.ndarray], float]

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from helpers.diagnostics import (Diagnosis, diagnose, fit_and_measure, generalisation_gap, kfold_scores,
-                                 logistic_fit_score, noisy_labels, random_split_scores, shuffled_labels)
+                                 logistic_fit_score, memorised_fraction, noisy_labels, random_split_scores,
+                                 shuffled_labels)
 from helpers.models import SmallResNet
 from helpers.train import History
 
@@ -107,3 +108,19 @@ def test_fit_and_measure_reports_gaps_and_a_verdict():
     assert measured["loss_gap"] == pytest.approx(measured["held_out_loss"] - measured["train_loss"])
     assert measured["verdict"] in ("under-fitting", "over-fitting", "healthy")
     assert set(generalisation_gap(model, (x, y), (x, y))) >= {"train_acc", "held_out_acc", "gap"}
+
+
+def test_memorised_fraction_counts_the_wrong_labels_a_model_predicts():
+    class Echo(torch.nn.Module):  # "predicts" the class stored in the image's first pixel
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x.flatten(1)[:, 0].long(), 4).float() * self.scale
+
+    labels = torch.arange(8) % 4
+    noisy, flipped = noisy_labels(labels, 0.5, 4, seed=0)
+    images = labels.float().view(-1, 1, 1, 1).clone()
+    images[flipped.nonzero()[0]] = noisy[flipped.nonzero()[0]].float()   # learnt one wrong label by heart
+    assert memorised_fraction(Echo(), images, noisy, flipped) == pytest.approx(1 / 4)
