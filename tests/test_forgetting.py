@@ -209,3 +209,104 @@ def test_train_loop_is_not_copied():
         source = inspect.getsource(module)
         assert source.count("optimizer.step()") == 0 and source.count(".backward()") == 0
     assert train.__module__ == "helpers.train"
+
+
+# --- notebook 05's experiments -----------------------------------------------------------------------
+
+def toy_task(seed: int = 0):
+    from helpers.vision import TargetTask
+
+    pool, test = toy_data(64, seed=seed), toy_data(32, seed=seed + 1)
+    return TargetTask("toy", pool, test, test, test, num_classes=4)
+
+
+def test_run_options_are_the_profiles_values():
+    from helpers.config import resolve
+
+    P = resolve("smoke", _record=False, ewc_strength=3.0)
+    options = forgetting.run_options(P, num_classes=4, device="cpu")
+    assert options["ewc_strength"] == 3.0 and options["batch_size"] == P.finetune_batch_size
+    assert options["num_classes"] == 4 and options["lr"] == P.lr and options["bf16"] == P.bf16
+
+
+def test_pretraining_glyphs_hold_out_a_tenth_of_every_class():
+    params = {"glyph_classes": 3, "glyphs_per_class": 20, "seed": 0}
+    (seen_x, seen_y), (held_x, held_y) = forgetting.pretraining_glyphs(params)
+    assert torch.bincount(held_y).tolist() == [2, 2, 2] and torch.bincount(seen_y).tolist() == [18, 18, 18]
+    assert not any(torch.equal(h, s) for h in held_x for s in seen_x)  # no glyph in both
+    again = forgetting.pretraining_glyphs(params)
+    assert torch.equal(again[1][0], held_x)  # the same split every time: the one pretraining used
+
+
+def test_plane_runs_scores_both_tasks_and_keeps_the_naive_models():
+    pretrained, task = tiny(num_classes=5), toy_task()
+    source = toy_data(20, classes=5, seed=2)
+    runs, kept = forgetting.plane_runs(["naive", "l2sp"], pretrained, task, seeds=[0, 1], budget=4, source=source,
+                                       source_test=source, steps=2, progress=False, num_classes=4, lr=1e-2,
+                                       batch_size=8)
+    assert runs[["method", "seed"]].values.tolist() == [["naive", 0], ["l2sp", 0], ["naive", 1], ["l2sp", 1]]
+    assert runs[["target_acc", "source_acc"]].stack().between(0, 1).all() and (runs["seconds"] > 0).all()
+    assert sorted(kept) == [("naive", 0), ("naive", 1)]
+    assert runs.loc[0, "target_acc"] == evaluate(kept[("naive", 0)], task.test)["acc"]
+
+
+def test_plane_table_adds_forgetting_cost_and_the_lr_frontier():
+    import pandas as pd
+
+    runs = pd.DataFrame({"method": ["naive", "naive", "naive_high_lr", "lower_lr", "ewc"], "seed": [0, 1, 0, 0, 0],
+                         "seconds": [1.0] * 5, "target_acc": [0.90, 0.94, 0.95, 0.88, 0.90],
+                         "source_acc": [0.10, 0.20, 0.05, 0.30, 0.60]})
+    plane = forgetting.plane_table(runs, source_before=0.8)
+    assert plane.loc["naive", "target_acc_mean"] == pytest.approx(0.92) and plane.loc["naive", "seeds"] == 2
+    assert plane.loc["ewc", "forgotten"] == pytest.approx(0.25)  # 1 - 0.6 / 0.8
+    assert plane.loc["ewc", "target_cost"] == pytest.approx(0.02) and plane.loc["naive", "target_cost"] == 0
+    # at 0.90 target accuracy, naive (0.92) keeps 0.15 at best and naive_high_lr (0.95) 0.05: 0.6 - 0.15
+    assert plane.loc["ewc", "above_lr_frontier"] == pytest.approx(0.45)
+    assert plane.loc[list(forgetting.NAIVE_LRS), "above_lr_frontier"].isna().all()
+    assert forgetting.lr_baselines(plane) == ["naive", "naive_high_lr", "lower_lr"]
+    xs, ys = forgetting.lr_frontier(plane, points=5)  # x = 0, 0.25, 0.5, 0.75, 1
+    assert list(xs) == [0, 0.25, 0.5, 0.75, 1] and ys[:4] == pytest.approx([0.3] * 4) and ys[4] == 0.05
+    alone = forgetting.plane_table(runs[runs.method == "ewc"], source_before=0.8)
+    assert "above_lr_frontier" not in alone and "target_cost" not in alone
+    assert forgetting.lr_frontier(alone) is None and forgetting.lr_baselines(alone) == []
+
+
+def test_old_head_vs_probe_scores_the_pretrained_and_the_fine_tuned_models():
+    pretrained = tiny(num_classes=4)
+    source = toy_data(48, seed=3)
+    small = forgetting.per_class(source, 3, seed=0)
+    assert torch.bincount(small[1]).tolist() == [3, 3, 3, 3]
+    assert torch.bincount(forgetting.per_class(source, 99, seed=0)[1]).tolist() == [12] * 4  # all there is
+    models = {("naive", 0): new_head(copy.deepcopy(pretrained), 4, seed=1)}
+    probes = forgetting.old_head_vs_probe(pretrained, models, source, source, seed=0, train_per_class=3,
+                                          test_per_class=5)
+    assert probes.index.tolist() == ["pretrained", "after naive"]
+    assert probes.loc["pretrained", "old head_mean"] == evaluate(pretrained, forgetting.per_class(source, 5, 0))["acc"]
+    # the new head is never used: the backbone is read through the pretrained head
+    assert probes.loc["after naive", "old head_mean"] == probes.loc["pretrained", "old head_mean"]
+    assert probes[["old head_mean", "re-fitted probe_mean"]].stack().between(0, 1).all()
+
+
+def test_stream_runs_give_matrices_and_the_continual_metrics():
+    from helpers import metrics
+
+    matrices, table = forgetting.stream_runs(["naive", "replay"], tiny(), toy_task(), seeds=[0], budget=8,
+                                             groups=[[0, 1], [2, 3]], steps=2, progress=False, num_classes=4,
+                                             lr=1e-2, batch_size=8)
+    assert list(matrices) == ["naive", "replay"] and matrices["naive"][0].shape == (2, 2)
+    R = matrices["replay"][0]
+    assert table.loc["replay", "avg_acc_mean"] == metrics.average_accuracy(R)
+    assert table.loc["replay", "last_task_acc_mean"] == R[-1, -1] and table.loc["replay", "seeds"] == 1
+    assert forgetting.best_mitigation(table) == "replay"
+    assert forgetting.best_mitigation(table.loc[["naive"]]) is None
+
+
+def test_accuracy_matrices_figure_averages_the_seeds():
+    matrices = {"naive": [np.eye(2), np.zeros((2, 2))], "ewc": [np.ones((2, 2))] * 2}
+    fig, means = forgetting.accuracy_matrices_figure(matrices, [[0, 1], [2, 3]], shown=("naive", "lwf", None))
+    assert list(means) == ["naive"] and means["naive"].tolist() == [[0.5, 0], [0, 0.5]]
+    assert [ax.get_title() for ax in fig.axes] == ["naive: ACC 0.25"]
+    assert "mean of 2 seeds" in fig._suptitle.get_text()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["{0,1}", "{2,3}"]
+    fig, means = forgetting.accuracy_matrices_figure(matrices, [[0, 1], [2, 3]])
+    assert list(means) == ["naive", "ewc"] and len(fig.axes) == 2

@@ -306,3 +306,75 @@ def test_lora_starts_as_the_base_model_and_trains_few_parameters():
     assert torch.equal(dict(tuned.named_parameters())["transformer.wte.weight"], embedding)  # frozen under LoRA
     with pytest.raises(ValueError, match="specialise_lm: method='adapter' is not allowed"):
         text.specialise_lm("adapter", base, blocks, steps=1, lr=1e-2, batch_size=8, seed=0)
+
+
+def test_specialisation_data_holds_out_both_domains(tiny):
+    from helpers.text.finetune import specialisation_data
+
+    P, _ = tiny
+    corpus = text.lm_corpus(P.text_chars, P.vocab_size, P.seq_len)
+    code_train, held_out = specialisation_data(corpus, P.dapt_chars, P.seq_len, eval_blocks=3)
+    assert list(held_out) == ["general", "code"] and torch.equal(held_out["general"], corpus.val[:3])
+    assert code_train.shape[1] == held_out["code"].shape[1] == P.seq_len + 1 and len(held_out["code"]) == 3
+    trained = {tuple(block.tolist()) for block in code_train}
+    assert not any(tuple(block.tolist()) in trained for block in held_out["code"])
+
+
+def test_specialisation_sweep_measures_what_is_learnt_and_forgotten():
+    from helpers.text.finetune import lm_perplexities, specialisation_figure, specialisation_sweep
+
+    torch.manual_seed(0)
+    base = tiny_gpt(50, n_positions=16, n_embd=16, n_layer=1, n_head=2, use_cache=False).eval()
+    code = torch.randint(0, 25, (40, 9))  # the new domain uses half the vocabulary
+    held_out = {"general": torch.randint(0, 50, (8, 9)), "code": code[-8:]}
+    before, table = specialisation_sweep(base, code[:-8], held_out, seeds=[0], lr_factors=[0.5, 2.0], lr=1e-2,
+                                         steps=2, batch_size=8, rank=2, progress=False)
+    assert before == lm_perplexities(base, held_out) and list(before) == ["general_ppl", "code_ppl"]
+    assert table.index.tolist() == [("full", 0.5), ("full", 2.0), ("lora", 0.5), ("lora", 2.0)]
+    row = table.loc[("full", 2.0)]
+    assert row.general_rise_mean == pytest.approx(row.general_ppl_mean / before["general_ppl"] - 1)
+    assert row.code_drop_mean == pytest.approx(1 - row.code_ppl_mean / before["code_ppl"]) and row.code_drop_mean > 0
+    fig = specialisation_figure(table)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "symlog" and [t.get_text() for t in ax.get_legend().get_texts()] == ["full", "lora"]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.5x", "0.5x", "2x", "2x"]
+
+
+def test_lora_versus_full_predicates():
+    import pandas as pd
+
+    from helpers.text.finetune import full_matching_lora, lora_learns_less_and_forgets_less
+
+    index = pd.MultiIndex.from_product([["full", "lora"], [0.3, 1.0, 10.0]], names=["method", "lr_factor"])
+    table = pd.DataFrame({"general_rise_mean": [0.02, 0.10, 2.0, 0.01, 0.05, 0.40],
+                          "code_drop_mean": [0.20, 0.40, 0.50, 0.10, 0.25, 0.38]}, index=index)
+    factors = [0.3, 1.0, 10.0]
+    assert lora_learns_less_and_forgets_less(table, factors)
+    table.loc[("lora", 1.0), "code_drop_mean"] = 0.45  # learns more code than full at 1x: no longer "learns less"
+    assert not lora_learns_less_and_forgets_less(table, factors)
+    assert lora_learns_less_and_forgets_less(table, [0.3, 10.0])  # 1x not tried: only the rises count
+    # LoRA at 10x drops code by 0.38: full at 1x (0.40) and 10x (0.50) learn as much; 1x forgets less
+    assert full_matching_lora(table, factors, 10.0) == 1.0
+    assert full_matching_lora(table, factors, 10.0, tolerance=-0.2) is None  # needs a drop >= 0.58
+
+
+def test_finetuning_flops_count_the_backward_pass_only_where_gradients_flow():
+    assert text.finetuning_flops("full", 100, 10) == 6 * 100 * 10  # like pretraining's 6 x N x tokens
+    assert text.finetuning_flops("lora", 100, 10) == 4 * 100 * 10  # frozen weights, gradient flows through
+    assert text.finetuning_flops("frozen", 100, 10) == 2 * 100 * 10  # features once: forward only
+
+
+def test_cost_table_rows_pretraining_then_each_method():
+    import pandas as pd
+
+    methods = pd.DataFrame({"method": ["full", "lora"], "trainable": [200, 10], "trainable_%": [100.0, 5.0],
+                            "seconds": [2.0, 1.5], "accuracy": ["0.500 ± 0.010", "0.450 ± 0.020"]})
+    gpt = {"tokens_seen": 50_000, "wall_time": 30.0, "flops": 6 * 200 * 50_000, "params": 200,
+           "history": {"rows": [{"val_ppl": 80.0}, {"val_ppl": 41.26}]}}
+    cost = text.cost_table(gpt, methods, labels=20, tokens=500)
+    assert list(cost.index) == ["pretraining (02, next token)", "fine-tuning: full", "fine-tuning: lora"]
+    assert cost.loc["pretraining (02, next token)", "result"] == "validation perplexity 41.3"
+    assert cost.loc["pretraining (02, next token)", "labels used"] == 0
+    assert cost.loc["fine-tuning: lora", "training FLOPs"] == 4 * 200 * 500  # all 200 parameters, not 10
+    assert cost.loc["fine-tuning: full", "FLOPs vs pretraining"] == pytest.approx(0.01)
+    assert cost.loc["fine-tuning: lora", "result"] == "test accuracy 0.450 ± 0.020"

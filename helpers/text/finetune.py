@@ -6,7 +6,8 @@ specialisation (notebooks 04, 05, 08, 09).
   fine-tuning, LoRA and (IA)^3 (:func:`finetune_text`, every combination: :func:`compare_methods`,
   summarised by :func:`runs_table`).
 * **Specialisation** -- more next-token training of the whole language model on a new domain,
-  fully or with LoRA (:func:`specialise_lm`): what it learns and what it forgets (notebook 05).
+  fully or with LoRA (:func:`specialise_lm`): what it learns and what it forgets (notebook 05: every
+  method x learning rate x seed, :func:`specialisation_sweep`, drawn by :func:`specialisation_figure`).
 
 Both LoRA uses are built by one function, :func:`lora_config`; only the layers they adapt differ.
 """
@@ -18,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,10 +30,13 @@ from ..config import KNOBS, check, check_budgets
 from ..finetuning import epochs_for
 from ..models import count_parameters, set_trainable
 from ..train import History, evaluate, train
-from .corpora import PAD, TextTask, encode_texts
-from .lm import quiet_transformers, right_padding_is_safe
+from .corpora import PAD, TextTask, code_corpus, encode_texts
+from .lm import LMCorpus, quiet_transformers, right_padding_is_safe, split_blocks
 from .pretrain import Pretrained
 from .speed import training_memory
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The ways to adapt a pretrained model, cheapest first in what they store (the knob's choices).
 FT_METHODS: tuple[str, ...] = KNOBS["text_methods"].choices
@@ -301,3 +305,98 @@ def specialise_lm(method: str, pretrained: nn.Module, blocks: torch.Tensor, *, s
     if method == "lora":
         model = model.merge_and_unload()
     return model.eval(), history
+
+
+def specialisation_data(corpus: LMCorpus, code_chars: int, seq_len: int,
+                        eval_blocks: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """What specialising a GPT pretrained on ``corpus`` (English) to Python source trains and is scored on.
+
+    Returns the training blocks of Python source (``code_chars`` characters of it, encoded with the
+    pretraining tokenizer, in blocks of ``seq_len + 1``) and the held-out blocks of each domain,
+    ``eval_blocks`` each: ``{"general": English (what may be forgotten), "code": Python (what should
+    be learnt)}``, for :func:`lm_perplexities`.
+    """
+    code_blocks = data.lm_blocks(data.encode_corpus(corpus.tokenizer, code_corpus(code_chars)), seq_len)
+    code_train, code_val = split_blocks(code_blocks)
+    return code_train, {"general": corpus.val[:eval_blocks], "code": code_val[:eval_blocks]}
+
+
+def lm_perplexities(model: nn.Module, held_out: Mapping[str, torch.Tensor], bf16: bool = False) -> dict[str, float]:
+    """Perplexity of a language model on each domain's held-out blocks: ``{"<domain>_ppl": ...}``."""
+    return {f"{name}_ppl": evaluate(model, blocks, task="lm", bf16=bf16)["ppl"] for name, blocks in held_out.items()}
+
+
+def specialisation_sweep(pretrained: nn.Module, code_train: torch.Tensor, held_out: Mapping[str, torch.Tensor], *,
+                         seeds: Sequence[int], lr_factors: Sequence[float], lr: float, steps: int, batch_size: int,
+                         rank: int, methods: Sequence[str] = SPECIALISE_METHODS, bf16: bool = False,
+                         device: torch.device | str = "cpu",
+                         progress: bool = True) -> tuple[dict[str, float], "pd.DataFrame"]:
+    """Specialise ``pretrained`` on Python source by every method at every learning rate, and measure
+    what it learnt and what it forgot.
+
+    Each seed x method x factor of ``lr_factors`` is one :func:`specialise_lm` run at
+    ``factor x lr``; before and after, :func:`lm_perplexities` on ``held_out``
+    (:func:`specialisation_data`). Returns the perplexities before, and one row per (method,
+    factor), mean and std over seeds, of the perplexities after and of
+
+    * ``general_rise`` = ``general_ppl_after / general_ppl_before - 1``: English forgotten;
+    * ``code_drop`` = ``1 - code_ppl_after / code_ppl_before``: Python learnt.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from ..metrics import mean_std
+
+    before = lm_perplexities(pretrained, held_out, bf16)
+    rows = []
+    jobs = [(seed, method, factor) for seed in seeds for method in methods for factor in lr_factors]
+    for seed, method, factor in tqdm(jobs, desc="specialising the GPT", disable=not progress):
+        tuned, _ = specialise_lm(method, pretrained, code_train, steps=steps, lr=factor * lr, batch_size=batch_size,
+                                 seed=seed, rank=rank, bf16=bf16, device=device)
+        after = lm_perplexities(tuned, held_out, bf16)
+        rows.append({"method": method, "lr_factor": factor, "seed": seed, **after,
+                     "general_rise": after["general_ppl"] / before["general_ppl"] - 1,
+                     "code_drop": 1 - after["code_ppl"] / before["code_ppl"]})
+    columns = ["general_ppl", "code_ppl", "general_rise", "code_drop"]
+    return before, mean_std(pd.DataFrame(rows), ["method", "lr_factor"], columns)
+
+
+def specialisation_figure(table: "pd.DataFrame"):
+    """The sweep of :func:`specialisation_sweep` on the learning-vs-forgetting plane: one curve per
+    method, one point per learning rate (mean ± std over seeds), code learnt against English
+    forgotten. Up is worse, right is better."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.8, 3.9))
+    for method, rows in table.groupby(level="method"):
+        rows = rows.droplevel("method")
+        ax.errorbar(100 * rows.code_drop_mean, 100 * rows.general_rise_mean, xerr=100 * rows.code_drop_std,
+                    yerr=100 * rows.general_rise_std, marker="o", capsize=3, label=method)
+        for factor, row in rows.iterrows():
+            ax.annotate(f"{factor:g}x", (100 * row.code_drop_mean, 100 * row.general_rise_mean),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="code perplexity drop (%): learnt", ylabel="English perplexity rise (%): forgotten",
+           title="specialising the GPT on Python source\n(labels: learning rate, x text_ft_lr)")
+    ax.set_yscale("symlog", linthresh=10)   # linear below 10%, logarithmic above: a diverging run fits too
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def lora_learns_less_and_forgets_less(table: "pd.DataFrame", factors: Sequence[float]) -> bool:
+    """At every learning-rate factor, LoRA raises English perplexity less than full fine-tuning, and
+    at full fine-tuning's usual rate (1x, if tried) it also learns less code (a smaller drop)."""
+    rise, drop = table["general_rise_mean"], table["code_drop_mean"]
+    return (all(rise["lora", f] < rise["full", f] for f in factors)
+            and (1.0 not in factors or drop["lora", 1.0] < drop["full", 1.0]))
+
+
+def full_matching_lora(table: "pd.DataFrame", factors: Sequence[float], lora_factor: float,
+                       tolerance: float = 0.03) -> float | None:
+    """Full fine-tuning's best trade against LoRA at ``lora_factor``: among the factors at which full
+    fine-tuning learns as much code (a code drop within ``tolerance`` of LoRA's, or more), the one
+    that forgets least (smallest English rise). ``None`` if no factor learns as much."""
+    rise, drop = table["general_rise_mean"], table["code_drop_mean"]
+    matching = [f for f in factors if drop["full", f] >= drop["lora", lora_factor] - tolerance]
+    return min(matching, key=lambda f: rise["full", f]) if matching else None
