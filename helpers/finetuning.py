@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from torch import nn
 from .config import check
 from .models import SmallResNet, count_parameters, new_head, set_trainable
 from .train import Data, History, default_param_groups, train, train_mode
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HIGH_LR_FACTOR = 10.0
 DISCRIMINATIVE_DECAY = 2.6
@@ -174,3 +177,52 @@ def finetune(method: str, pretrained: SmallResNet | None, data: tuple[torch.Tens
     return FineTuned(model, history, method, time.perf_counter() - start, images_seen + seen,
                      count_parameters(model, trainable_only=True), count_parameters(model),
                      3 * forward_flops * seen + images_seen * forward_flops)
+
+
+# --- reading a grid of fine-tuning runs (helpers.vision.finetune_grid's rows) ----------------------
+
+PRETRAINING_STAGE = "pretraining (01, supervised)"
+
+
+def methods_at_budget(runs: pd.DataFrame, budget: int, methods: list[str]) -> pd.DataFrame:
+    """Every method at one label budget: mean and std over seeds, in the order ``methods`` lists them.
+
+    ``runs`` has :func:`helpers.vision.finetune_grid`'s columns. The columns compared are the
+    accuracy in and out of distribution and what the run cost (seconds, FLOPs, trainable
+    parameters); a method that did not run at ``budget`` is left out.
+    """
+    from .metrics import mean_std
+
+    at_budget = runs[(runs.budget == budget) & runs.method.isin(methods)]
+    table = mean_std(at_budget, ["method"], ["test_acc", "shifted_acc", "seconds", "flops", "trainable_params"])
+    return table.loc[[m for m in methods if m in table.index]]
+
+
+def cost_table(pretraining: Mapping[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
+    """The articles' cost comparison: one row for pretraining, one per fine-tuning method.
+
+    ``pretraining`` is :func:`helpers.vision.pretrained_cnn`'s summary (pretraining is supervised,
+    so every image seen is a label used); ``runs`` are :func:`helpers.vision.finetune_grid` rows at
+    *one* label budget, averaged over seeds per method. The last column puts each stage's training
+    FLOPs over pretraining's: the question "how much cheaper is fine-tuning?" in one number.
+    """
+    import pandas as pd
+
+    rows = [{"stage": PRETRAINING_STAGE, "data used (images)": pretraining["images_seen"],
+             "labels used": pretraining["images_seen"], "wall time (s)": pretraining["wall_time"],
+             "training FLOPs": pretraining["flops"], "parameters updated": pretraining["params"]}]
+    for method, part in runs.groupby("method", sort=False):
+        rows.append({"stage": f"fine-tuning: {method}", "data used (images)": part.images_seen.mean(),
+                     "labels used": part.labels_used.mean(), "wall time (s)": part.seconds.mean(),
+                     "training FLOPs": part.flops.mean(), "parameters updated": part.trainable_params.mean()})
+    cost = pd.DataFrame(rows).set_index("stage")
+    cost["FLOPs vs pretraining"] = cost["training FLOPs"] / pretraining["flops"]
+    return cost
+
+
+def first_epoch_reaching(curve: pd.Series, target: float) -> int | None:
+    """The first epoch at which a validation curve (a Series indexed by epoch) reaches ``target``;
+    ``None`` if it never does. With ``target`` = scratch's final accuracy this is "how many epochs
+    does fine-tuning need to get where scratch ends"."""
+    reached = curve[curve >= target]
+    return int(reached.index.min()) if len(reached) else None

@@ -189,3 +189,29 @@ def plot_methods(table, tfidf=None):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def mean_std_bars(table, column: str, *, xlabel: str, title: str | None = None, ax=None):
+    """One horizontal bar per row of ``table``: ``<column>_mean`` with a ±1 std error bar.
+
+    ``table`` is indexed by what is compared (a cure, a method) and comes from
+    :func:`helpers.metrics.mean_std`; its first row is drawn at the top.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.4, 3.4))
+    ax.barh(table.index[::-1], table[f"{column}_mean"][::-1], xerr=table[f"{column}_std"][::-1], capsize=3)
+    ax.set(xlabel=xlabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def score_bars(scores: dict[str, float], title: str):
+    """A few accuracies side by side (e.g. test and shifted test), on a 0-1 axis: a widget's answer."""
+    fig, ax = plt.subplots(figsize=(4.5, 2.6))
+    ax.barh(list(scores), list(scores.values()), color=["tab:blue", "tab:orange", "tab:green"][:len(scores)])
+    ax.set(xlim=(0, 1), xlabel="accuracy", title=title)
+    fig.tight_layout()
+    return fig

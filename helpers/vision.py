@@ -12,6 +12,9 @@ Notebooks 01, 03 and 05-08 all need the same few things, so they live here:
   first notebook that asks trains it, every later one loads the verified checkpoint;
 * :func:`linear_probe` -- how good are a network's features? Fit a logistic regression on them;
 * :func:`forward_flops` -- the FLOPs of one image through a network, counted by PyTorch.
+* :func:`finetune_grid` -- many fine-tuning runs (method x label budget x seed), one row each;
+  :func:`validation_curves` -- validation accuracy per epoch, to compare convergence;
+  :func:`in_vs_shifted_figure` -- accuracy in and out of distribution, per method.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +35,10 @@ from . import config
 from .finetuning import extract_features
 from .models import SmallResNet, count_parameters
 from .train import train
+
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+    import pandas as pd
 
 OBJECTIVES = ("supervised", "rotation")
 PRETRAIN_VERSION = 1
@@ -239,3 +246,47 @@ def finetune_grid(task: TargetTask, pretrained: SmallResNet | None, runs: list[t
                      "labels_used": len(labelled[1]), "flops": tuned.flops,
                      "trainable_params": tuned.trainable_params})
     return pd.DataFrame(rows)
+
+
+def validation_curves(task: TargetTask, pretrained: SmallResNet | None, methods: Sequence[str], budget: int,
+                      seeds: list[int], *, steps: int, lr: float, batch_size: int, width: int, bf16: bool,
+                      device: torch.device | str = "cpu", weight_decay: float = 1e-4) -> pd.DataFrame:
+    """Validation accuracy after every epoch of each method, on the same labels: how fast it converges.
+
+    One row per (method, seed, epoch). For each seed, every method fine-tunes on the *same* ``budget``
+    labels per class, so the curves differ only by where training starts.
+    """
+    import pandas as pd
+
+    from .finetuning import finetune
+
+    rows = []
+    for seed in seeds:
+        labelled = task.budget(budget, seed)
+        for method in methods:
+            tuned = finetune(method, pretrained, labelled, num_classes=task.num_classes, steps=steps, lr=lr,
+                             batch_size=batch_size, seed=seed, width=width, bf16=bf16, val_data=task.val,
+                             device=device, weight_decay=weight_decay)
+            rows += [{"method": method, "seed": seed, "epoch": row["epoch"], "val_acc": row["val_acc"]}
+                     for row in tuned.history.rows]
+    return pd.DataFrame(rows)
+
+
+def in_vs_shifted_figure(compare: pd.DataFrame, title: str) -> plt.Figure:
+    """Accuracy on the test set next to the shifted test set, one pair of bars per method (± 1 std).
+
+    ``compare`` has ``test_acc_*`` and ``shifted_acc_*`` columns, indexed by method
+    (:func:`helpers.finetuning.methods_at_budget`): the gap between a pair is what the shift costs.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    x = range(len(compare))
+    ax.bar([i - 0.2 for i in x], compare["test_acc_mean"], 0.4, yerr=compare["test_acc_std"], label="test")
+    ax.bar([i + 0.2 for i in x], compare["shifted_acc_mean"], 0.4, yerr=compare["shifted_acc_std"],
+           label="shifted test")
+    ax.set_xticks(list(x), compare.index, rotation=30, ha="right")
+    ax.set(ylabel="accuracy", ylim=(0, 1), title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

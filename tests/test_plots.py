@@ -27,3 +27,17 @@ def test_learning_vs_forgetting_draws_each_method_and_the_references():
     labels = ax.get_legend_handles_labels()[1]
     assert {"naive", "replay", "learning-rate frontier", "before fine-tuning"} <= set(labels)
     plt.close("all")
+
+
+def test_mean_std_bars_draw_the_first_row_on_top_with_its_error():
+    table = pd.DataFrame({"gap_mean": [0.4, 0.1], "gap_std": [0.05, 0.02]}, index=["plain", "dropout"])
+    ax = plots.mean_std_bars(table, "gap", xlabel="gap", title="cures").axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dropout", "plain"]  # bottom to top
+    assert [round(p.get_width(), 2) for p in ax.patches] == [0.1, 0.4] and ax.get_title() == "cures"
+    plt.close("all")
+
+
+def test_score_bars_one_bar_per_score_on_a_unit_axis():
+    ax = plots.score_bars({"test": 0.8, "shifted": 0.5}, title="full_ft").axes[0]
+    assert [p.get_width() for p in ax.patches] == [0.8, 0.5] and ax.get_xlim() == (0, 1)
+    plt.close("all")

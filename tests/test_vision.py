@@ -146,3 +146,62 @@ def test_unknown_method_is_a_clear_error():
         finetuning.finetune("fine_tune", None, _toy(), num_classes=10, steps=1, lr=1e-3, batch_size=8, seed=0)
     with pytest.raises(ValueError, match="needs a pretrained model"):
         finetuning.finetune("full_ft", None, _toy(), num_classes=10, steps=1, lr=1e-3, batch_size=8, seed=0)
+
+
+def _grid_rows():
+    """Rows shaped like finetune_grid's: two methods at budget 2, two seeds, and one at budget 5."""
+    import pandas as pd
+
+    rows = [{"method": m, "budget": 2, "seed": s, "test_acc": acc + s / 10, "shifted_acc": acc / 2,
+             "seconds": 1.0 + s, "images_seen": 100 * (s + 1), "labels_used": 20, "flops": 1e6 * (s + 1),
+             "trainable_params": 50} for s in (0, 1) for m, acc in (("full_ft", 0.6), ("scratch", 0.2))]
+    rows.append({**rows[0], "budget": 5, "test_acc": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_methods_at_budget_averages_seeds_in_the_order_asked():
+    table = finetuning.methods_at_budget(_grid_rows(), 2, ["scratch", "lp_ft", "full_ft"])
+    assert list(table.index) == ["scratch", "full_ft"]  # lp_ft did not run: left out
+    assert table.loc["full_ft", "test_acc_mean"] == pytest.approx(0.65)  # budget 5's 0.9 is not mixed in
+    assert table.loc["scratch", "seconds_mean"] == 1.5 and table.loc["scratch", "test_acc_std"] > 0
+
+
+def test_cost_table_puts_pretraining_first_and_each_method_over_it():
+    pretraining = {"images_seen": 1000, "wall_time": 50.0, "flops": 1e8, "params": 70}
+    runs = _grid_rows()
+    cost = finetuning.cost_table(pretraining, runs[runs.budget == 2])
+    assert list(cost.index) == [finetuning.PRETRAINING_STAGE, "fine-tuning: full_ft", "fine-tuning: scratch"]
+    assert cost.loc[finetuning.PRETRAINING_STAGE, "labels used"] == 1000  # supervised: every image is a label
+    assert cost.loc["fine-tuning: full_ft", "training FLOPs"] == 1.5e6
+    assert cost.loc["fine-tuning: full_ft", "FLOPs vs pretraining"] == pytest.approx(0.015)
+    assert cost.loc[finetuning.PRETRAINING_STAGE, "FLOPs vs pretraining"] == 1.0
+
+
+def test_first_epoch_reaching_a_target():
+    import pandas as pd
+
+    curve = pd.Series([0.2, 0.5, 0.7, 0.6], index=[1, 2, 3, 4])
+    assert finetuning.first_epoch_reaching(curve, 0.5) == 2
+    assert finetuning.first_epoch_reaching(curve, 0.1) == 1
+    assert finetuning.first_epoch_reaching(curve, 0.8) is None
+
+
+def test_validation_curves_give_one_row_per_method_seed_and_epoch(task):
+    torch.manual_seed(0)
+    pretrained = SmallResNet(40, width=4)
+    curves = vision.validation_curves(task, pretrained, ["scratch", "full_ft"], 1, [0, 1], steps=4, lr=1e-3,
+                                      batch_size=8, width=4, bf16=False)
+    assert list(curves.columns) == ["method", "seed", "epoch", "val_acc"]
+    assert curves.groupby(["method", "seed"]).size().tolist() == [2, 2, 2, 2]  # 10 labels, batch 8, 4 steps: 2 epochs
+    assert curves.val_acc.between(0, 1).all()
+
+
+def test_in_vs_shifted_figure_draws_a_pair_of_bars_per_method():
+    import matplotlib.pyplot as plt
+
+    compare = finetuning.methods_at_budget(_grid_rows(), 2, ["full_ft", "scratch"])
+    fig = vision.in_vs_shifted_figure(compare, "2 labels per class")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["full_ft", "scratch"]
+    assert ax.patches[2].get_height() == pytest.approx(0.3)  # full_ft's shifted accuracy
+    plt.close(fig)

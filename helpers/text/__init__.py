@@ -15,7 +15,8 @@ Everything is offline and built from what every Python installation carries. One
   ``save_pretrained`` through :func:`helpers.checkpoints.load_or_build` (verified, atomic, built
   once) (:func:`pretrain_gpt`, :func:`pretrain_bert`, :func:`continue_pretraining`).
 * :mod:`.speed` -- where ``GPT2LMHeadModel`` spends the time a hand-written GPT does not
-  (:func:`throughput_table`), the cost of a run in FLOPs (:func:`training_cost`) and memory.
+  (:func:`throughput_table`), the cost of a run in FLOPs (:func:`training_cost`, :func:`cost_table`)
+  and memory.
 * :mod:`.finetune` -- five ways to adapt the pretrained model (:data:`FT_METHODS`): scratch, frozen
   features, full fine-tuning, LoRA and (IA)^3 (:func:`finetune_text`, :func:`compare_methods`,
   :func:`runs_table`); specialising the language model itself, fully or with LoRA
@@ -35,7 +36,8 @@ from .lm import (FAST_GPT, HandGPT, LMCorpus, fast_tokenizer, gpt_for, lm_corpus
 from .pretrain import (LM_BETAS, LM_WARMUP, SAMPLE_PROMPTS, Pretrained, SampleHook, compare_objectives,
                        continue_pretraining, fill_in, generate, lm_recipe, load_or_pretrain, mask_tokens,
                        pretrain_bert, pretrain_gpt, reload)
-from .speed import throughput_table, throughput_tables, training_cost, training_memory
+from .speed import (BACKWARD_FLOPS, cost_table, finetuning_flops, throughput_table, throughput_tables, training_cost,
+                    training_memory)
 
 __all__ = [
     "EOS", "PAD", "MASK", "TASK_PACKAGES", "TASK_KINDS", "MAX_PER_CLASS", "TEST_PER_CLASS",
@@ -47,6 +49,7 @@ __all__ = [
     "LM_BETAS", "LM_WARMUP", "lm_recipe", "pretrain_gpt", "pretrain_bert", "mask_tokens", "fill_in",
     "compare_objectives", "continue_pretraining",
     "throughput_table", "throughput_tables", "training_cost", "training_memory",
+    "BACKWARD_FLOPS", "finetuning_flops", "cost_table",
     "FT_METHODS", "LR_FACTOR", "LORA_TARGETS", "LM_LORA_TARGETS", "GPTClassifier", "classifier", "lora_config",
     "TextRun", "finetune_text", "compare_methods", "runs_table",
     "SPECIALISE_METHODS", "lora_lm", "specialise_lm",

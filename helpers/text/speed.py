@@ -1,13 +1,14 @@
 """Where the time and memory of the text track go: ``transformers``' GPT-2 against a hand-written
-GPT (:func:`throughput_table`), the cost of a run in FLOPs and MFU (:func:`training_cost`), and the
-bytes one training step holds (:func:`training_memory`).
+GPT (:func:`throughput_table`), the cost of a run in FLOPs and MFU (:func:`training_cost`), the
+cost of pretraining against each fine-tuning (:func:`cost_table`), and the bytes one training step
+holds (:func:`training_memory`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from torch import nn
 from .. import data
 from ..models import count_parameters, tiny_gpt
 from .lm import HandGPT, quiet_transformers
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def training_cost(summary: Mapping[str, Any], peak_gflops: Mapping[str, float]) -> dict[str, float]:
@@ -32,6 +36,44 @@ def training_cost(summary: Mapping[str, Any], peak_gflops: Mapping[str, float]) 
             "wall time (s)": summary["wall_time"], "tokens/s": summary["tokens_per_s"],
             "training FLOPs": summary["flops"], "achieved GFLOP/s": achieved,
             "matmul peak GFLOP/s": peak, "MFU": achieved / peak}
+
+
+#: Backward FLOPs per parameter and token of fine-tuning, by method (forward is always 2): 4 when
+#: every weight trains (the gradient w.r.t. the activations *and* the weights); 2 when the weights are
+#: frozen but the gradient must flow back through them to LoRA's or (IA)^3's few trained parameters;
+#: 0 for ``frozen``, whose features are computed once and never backpropagated through.
+BACKWARD_FLOPS = {"scratch": 4, "full": 4, "lora": 2, "ia3": 2, "frozen": 0}
+PRETRAINING_STAGE = "pretraining (02, next token)"
+
+
+def finetuning_flops(method: str, total_params: float, tokens: int) -> float:
+    """Training FLOPs of one fine-tuning run, estimated like pretraining's ``6 x N x tokens``:
+    ``(2 forward + BACKWARD_FLOPS[method]) x all parameters x tokens read``."""
+    return (2 + BACKWARD_FLOPS[method]) * total_params * tokens
+
+
+def cost_table(summary: Mapping[str, Any], methods: pd.DataFrame, *, labels: int, tokens: int) -> pd.DataFrame:
+    """The articles' cost comparison for the text track: pretraining the GPT, then each fine-tuning.
+
+    ``summary`` is the pretrained GPT's (``Pretrained.summary``: tokens seen, wall time, FLOPs,
+    parameters, history); ``methods`` has one row per method at one budget
+    (:func:`helpers.text.runs_table`'s columns); every fine-tuning run used ``labels`` labelled
+    examples and read ``tokens`` tokens. Pretraining reads no label at all.
+    """
+    import pandas as pd
+
+    rows = [{"stage": PRETRAINING_STAGE, "labels used": 0, "tokens read": summary["tokens_seen"],
+             "wall time (s)": summary["wall_time"], "training FLOPs": summary["flops"],
+             "parameters updated": summary["params"],
+             "result": f"validation perplexity {summary['history']['rows'][-1]['val_ppl']:.1f}"}]
+    for _, row in methods.iterrows():
+        total = row["trainable"] / (row["trainable_%"] / 100)
+        rows.append({"stage": f"fine-tuning: {row['method']}", "labels used": labels, "tokens read": tokens,
+                     "wall time (s)": row["seconds"], "training FLOPs": finetuning_flops(row["method"], total, tokens),
+                     "parameters updated": row["trainable"], "result": f"test accuracy {row['accuracy']}"})
+    cost = pd.DataFrame(rows).set_index("stage")
+    cost["FLOPs vs pretraining"] = cost["training FLOPs"] / summary["flops"]
+    return cost
 
 
 def _lm_step(model: nn.Module, bf16: bool, loss_in_model: bool = False) -> Callable[[torch.Tensor], None]:
