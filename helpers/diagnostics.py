@@ -17,7 +17,8 @@
   the scores with :func:`helpers.metrics.mean_std`).
 
 The thresholds are rules of thumb, not laws: they are parameters, and the diagnosis prints the
-numbers so a reader can disagree with it.
+numbers so a reader can disagree with it. Notebook 06's experiments, built on these, live in
+:mod:`helpers.overfitting`.
 """
 
 from __future__ import annotations
