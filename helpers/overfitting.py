@@ -36,7 +36,7 @@ from .diagnostics import (fit_and_measure, kfold_scores, logistic_fit_score, mem
 from .finetuning import epochs_for
 from .metrics import mean_std
 from .models import SmallResNet, count_parameters, new_head, set_trainable
-from .plots import mean_std_lines
+from .plots import mean_std_bars, mean_std_lines, score_bars
 from .train import History
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -272,10 +272,8 @@ def cures_figure(table: pd.DataFrame, title: str) -> plt.Figure:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     for ax, column, label in zip(axes, ("gap", "loss_gap", "held_out_acc"),
                                  ("accuracy gap (train − test)", "loss gap (test − train)", "test accuracy")):
-        ax.barh(table.index[::-1], table[f"{column}_mean"][::-1], xerr=table[f"{column}_std"][::-1], capsize=3)
+        mean_std_bars(table, column, xlabel=label, ax=ax)
         ax.axvline(table.loc[BASELINE, f"{column}_mean"], color="grey", ls="--", lw=0.8)
-        ax.set(xlabel=label)
-        ax.grid(alpha=0.3, axis="x")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -283,12 +281,9 @@ def cures_figure(table: pd.DataFrame, title: str) -> plt.Figure:
 
 def train_test_bars(measured: Mapping[str, Any], title: str) -> plt.Figure:
     """One run's train and test accuracy as two bars: the distance between them is the gap."""
-    scores = {"train": measured["train_acc"], "test": measured["held_out_acc"]}
-    fig, ax = plt.subplots(figsize=(4.8, 2.6))
-    ax.barh(list(scores), list(scores.values()), color=["tab:blue", "tab:orange"])
-    ax.set(xlim=(0, 1), xlabel="accuracy", title=f"{title}: gap {measured['gap']:.2f} ({measured['verdict']})")
-    fig.tight_layout()
-    plt.close(fig)
+    fig = score_bars({"train": measured["train_acc"], "test": measured["held_out_acc"]},
+                     title=f"{title}: gap {measured['gap']:.2f} ({measured['verdict']})")
+    plt.close(fig)   # explore() shows it once
     return fig
 
 
