@@ -313,7 +313,7 @@ class SplitEstimates:
         ``reference`` (the accuracy measured on the large test set)."""
         k = self.k
         estimates = pd.DataFrame([{"estimate": estimate, "acc": acc} for estimate, scores in (
-            ("one random split (20% validation)", self.single), (f"{k}-fold CV mean", self.kfold_means),
+            (f"one random split ({1 / k:.0%} validation)", self.single), (f"{k}-fold CV mean", self.kfold_means),
             (f"folds within one {k}-fold run", self.folds[0])) for acc in scores])
         table = mean_std(estimates, ["estimate"], ["acc"], stats=("mean", "std", "min", "max", "range"))
         table = table.drop(columns="seeds")

@@ -53,7 +53,7 @@ def mean_std_lines(table, x: str, y: str, hue: str, title: str | None = None, yl
     """One line per ``hue`` value: the mean of ``y`` against ``x`` with a ±1 std band.
 
     ``table`` has one row per (hue, x) with ``<y>_mean`` and ``<y>_std`` columns (see
-    :func:`helpers.vision.mean_std`), as a frame indexed by (hue, x) or with those columns.
+    :func:`helpers.metrics.mean_std`), as a frame indexed by (hue, x) or with those columns.
     """
     frame = table.reset_index() if hue not in table.columns else table
     if ax is None:

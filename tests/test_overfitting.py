@@ -101,7 +101,7 @@ def test_split_estimates_compare_single_splits_with_kfold():
     assert len(estimates.single) == 4 and len(estimates.folds) == 4 and len(estimates.folds[0]) == 3
     assert np.allclose(estimates.kfold_means, [f.mean() for f in estimates.folds])
     table = estimates.table(reference=0.5)
-    assert list(table.index) == ["one random split (20% validation)", "3-fold CV mean", "folds within one 3-fold run"]
+    assert list(table.index) == ["one random split (33% validation)", "3-fold CV mean", "folds within one 3-fold run"]
     assert table["mean error vs test"].tolist() == pytest.approx((table["acc_mean"] - 0.5).tolist())
     assert table.loc["3-fold CV mean", "acc_range"] == pytest.approx(np.ptp(estimates.kfold_means))
     assert len(estimates.figure(0.5, 100, title="t").axes[0].collections) == 2
