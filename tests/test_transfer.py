@@ -82,7 +82,8 @@ def test_crossover_finds_the_first_budget_where_scratch_catches_up():
 
 def test_check_plan_sorts_and_checks_every_budget_before_training():
     task = _toy_task()  # 12 examples per class
-    plan = {"transfer_budgets": [5, 2, 5], "shift_budget": 4, "shift_extra": [3, 8], "shift_severities": [1.0, 0.0, 0.5]}
+    plan = {"transfer_budgets": [5, 2, 5], "shift_budget": 4, "shift_extra": [3, 8],
+            "shift_severities": [1.0, 0.0, 0.5]}
     assert transfer.check_plan(plan, task) == ([2, 5], [0.0, 0.5, 1.0])
     with pytest.raises(ValueError, match=r"'transfer_budgets'=\[2, 13\] is not allowed"):
         transfer.check_plan({**plan, "transfer_budgets": [13, 2]}, task)
