@@ -378,25 +378,3 @@ def test_cost_table_rows_pretraining_then_each_method():
     assert cost.loc["fine-tuning: lora", "training FLOPs"] == 4 * 200 * 500  # all 200 parameters, not 10
     assert cost.loc["fine-tuning: full", "FLOPs vs pretraining"] == pytest.approx(0.01)
     assert cost.loc["fine-tuning: lora", "result"] == "test accuracy 0.450 ± 0.020"
-
-
-def test_finetuning_flops_count_the_backward_pass_only_where_gradients_flow():
-    assert text.finetuning_flops("full", 100, 10) == 6 * 100 * 10  # like pretraining's 6 x N x tokens
-    assert text.finetuning_flops("lora", 100, 10) == 4 * 100 * 10  # frozen weights, gradient flows through
-    assert text.finetuning_flops("frozen", 100, 10) == 2 * 100 * 10  # features once: forward only
-
-
-def test_cost_table_rows_pretraining_then_each_method():
-    import pandas as pd
-
-    methods = pd.DataFrame({"method": ["full", "lora"], "trainable": [200, 10], "trainable_%": [100.0, 5.0],
-                            "seconds": [2.0, 1.5], "accuracy": ["0.500 ± 0.010", "0.450 ± 0.020"]})
-    gpt = {"tokens_seen": 50_000, "wall_time": 30.0, "flops": 6 * 200 * 50_000, "params": 200,
-           "history": {"rows": [{"val_ppl": 80.0}, {"val_ppl": 41.26}]}}
-    cost = text.cost_table(gpt, methods, labels=20, tokens=500)
-    assert list(cost.index) == ["pretraining (02, next token)", "fine-tuning: full", "fine-tuning: lora"]
-    assert cost.loc["pretraining (02, next token)", "result"] == "validation perplexity 41.3"
-    assert cost.loc["pretraining (02, next token)", "labels used"] == 0
-    assert cost.loc["fine-tuning: lora", "training FLOPs"] == 4 * 200 * 500  # all 200 parameters, not 10
-    assert cost.loc["fine-tuning: full", "FLOPs vs pretraining"] == pytest.approx(0.01)
-    assert cost.loc["fine-tuning: lora", "result"] == "test accuracy 0.450 ± 0.020"
