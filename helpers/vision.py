@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("supervised", "rotation")
 PRETRAIN_VERSION = 1
+PRETRAIN_SPLIT = (0.9, 0.1)  # the glyphs pretraining trains on, and those it only validates on
 
 
 @dataclass
@@ -198,7 +199,7 @@ def pretrained_cnn(params: Mapping[str, Any], objective: str = "supervised",
         def probe(epoch: int, model: nn.Module, row: dict[str, Any]) -> None:
             row["probe_acc"] = linear_probe(model, probe_train, task.val)
 
-        split = data.stratified_split(labels, (0.9, 0.1), seed=params["seed"])
+        split = data.stratified_split(labels, PRETRAIN_SPLIT, seed=params["seed"])
         start = time.perf_counter()
         history = train(net, (images[split[0]], labels[split[0]]), (images[split[1]], labels[split[1]]),
                         epochs=params["pretrain_epochs"], lr=params["lr"], batch_size=params["batch_size"],
@@ -211,6 +212,17 @@ def pretrained_cnn(params: Mapping[str, Any], objective: str = "supervised",
 
     summary = load_or_train("cnn-pretrain", config, model, train_fn)
     return model.to(device), summary
+
+
+def pretraining_glyphs(params: Mapping[str, Any]) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The generated glyphs the CNN was pretrained on, split exactly as pretraining split them.
+
+    Returns ``(seen, held_out)``: the 90% pretraining trained on (EWC's Fisher and replay's memory
+    come from there) and the 10% it never trained on, which measure what it still knows.
+    """
+    images, labels = data.glyph_dataset(params["glyph_classes"], params["glyphs_per_class"], seed=params["seed"])
+    seen, held_out = data.stratified_split(labels, PRETRAIN_SPLIT, seed=params["seed"])
+    return (images[seen], labels[seen]), (images[held_out], labels[held_out])
 
 
 def finetune_grid(task: TargetTask, pretrained: SmallResNet | None, runs: list[tuple[str, int]],

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import finetuning, forgetting
+from helpers import continual, finetuning, forgetting, vision
 from helpers.config import KNOBS
 from helpers.models import SmallResNet, count_parameters, new_head
 from helpers.train import evaluate, train
@@ -33,9 +33,9 @@ def test_an_unknown_method_names_its_knob():
     with pytest.raises(ValueError, match=r"'forgetting_methods'=\['ewk'\] is not allowed"):
         forgetting.mitigation("ewk", copy.deepcopy(reference), reference, lr=1e-2, weight_decay=0.0, batch_size=4,
                               seed=0)
-    tasks = forgetting.class_split_tasks(toy_data(16), [[0, 1], [2, 3]])
+    tasks = continual.class_split_tasks(toy_data(16), [[0, 1], [2, 3]])
     with pytest.raises(ValueError, match=r"'stream_methods'=\['ewk'\] is not allowed"):
-        forgetting.learn_sequence("ewk", reference, tasks, tasks, num_classes=4, steps=1, lr=1e-2, batch_size=4,
+        continual.learn_sequence("ewk", reference, tasks, tasks, num_classes=4, steps=1, lr=1e-2, batch_size=4,
                                   seed=0)
 
 
@@ -183,22 +183,22 @@ def test_l2sp_keeps_weights_closer_than_naive():
 
 def test_frontier_margin():
     naive_lrs = [(0.95, 0.15), (0.88, 0.05), (0.92, 0.33)]
-    assert forgetting.frontier_margin(0.93, 0.70, naive_lrs) == pytest.approx(0.55)  # only 0.95 reaches 0.93
-    assert forgetting.frontier_margin(0.90, 0.70, naive_lrs) == pytest.approx(0.37)  # best of 0.95 and 0.92
-    assert forgetting.frontier_margin(0.99, 0.10, naive_lrs) == pytest.approx(-0.05)  # beyond all: vs best target
-    assert forgetting.frontier_margin(0.50, 0.20, naive_lrs) < 0  # dominated
+    assert continual.frontier_margin(0.93, 0.70, naive_lrs) == pytest.approx(0.55)  # only 0.95 reaches 0.93
+    assert continual.frontier_margin(0.90, 0.70, naive_lrs) == pytest.approx(0.37)  # best of 0.95 and 0.92
+    assert continual.frontier_margin(0.99, 0.10, naive_lrs) == pytest.approx(-0.05)  # beyond all: vs best target
+    assert continual.frontier_margin(0.50, 0.20, naive_lrs) < 0  # dominated
 
 
 def test_learn_sequence_gives_the_accuracy_matrix():
     images, labels = toy_data(96, classes=4)
-    tasks = forgetting.class_split_tasks((images, labels), [[0, 1], [2, 3]])
+    tasks = continual.class_split_tasks((images, labels), [[0, 1], [2, 3]])
     assert [sorted(t[1].unique().tolist()) for t in tasks] == [[0, 1], [2, 3]]
     for method in ("naive", "ewc", "lwf", "replay"):
-        R = forgetting.learn_sequence(method, tiny(), tasks, tasks, num_classes=4, steps=4, lr=1e-2, batch_size=16,
+        R = continual.learn_sequence(method, tiny(), tasks, tasks, num_classes=4, steps=4, lr=1e-2, batch_size=16,
                                       seed=0)
         assert R.shape == (2, 2) and ((0 <= R) & (R <= 1)).all()
     with pytest.raises(ValueError, match=r"task classes \[7\] have no examples"):
-        forgetting.class_split_tasks((images, labels), [[7]])
+        continual.class_split_tasks((images, labels), [[7]])
 
 
 def test_train_loop_is_not_copied():
@@ -224,24 +224,24 @@ def test_run_options_are_the_profiles_values():
     from helpers.config import resolve
 
     P = resolve("smoke", _record=False, ewc_strength=3.0)
-    options = forgetting.run_options(P, num_classes=4, device="cpu")
+    options = continual.run_options(P, num_classes=4, device="cpu")
     assert options["ewc_strength"] == 3.0 and options["batch_size"] == P.finetune_batch_size
     assert options["num_classes"] == 4 and options["lr"] == P.lr and options["bf16"] == P.bf16
 
 
 def test_pretraining_glyphs_hold_out_a_tenth_of_every_class():
     params = {"glyph_classes": 3, "glyphs_per_class": 20, "seed": 0}
-    (seen_x, seen_y), (held_x, held_y) = forgetting.pretraining_glyphs(params)
+    (seen_x, seen_y), (held_x, held_y) = vision.pretraining_glyphs(params)
     assert torch.bincount(held_y).tolist() == [2, 2, 2] and torch.bincount(seen_y).tolist() == [18, 18, 18]
     assert not any(torch.equal(h, s) for h in held_x for s in seen_x)  # no glyph in both
-    again = forgetting.pretraining_glyphs(params)
+    again = vision.pretraining_glyphs(params)
     assert torch.equal(again[1][0], held_x)  # the same split every time: the one pretraining used
 
 
 def test_plane_runs_scores_both_tasks_and_keeps_the_naive_models():
     pretrained, task = tiny(num_classes=5), toy_task()
     source = toy_data(20, classes=5, seed=2)
-    runs, kept = forgetting.plane_runs(["naive", "l2sp"], pretrained, task, seeds=[0, 1], budget=4, source=source,
+    runs, kept = continual.plane_runs(["naive", "l2sp"], pretrained, task, seeds=[0, 1], budget=4, source=source,
                                        source_test=source, steps=2, progress=False, num_classes=4, lr=1e-2,
                                        batch_size=8)
     assert runs[["method", "seed"]].values.tolist() == [["naive", 0], ["l2sp", 0], ["naive", 1], ["l2sp", 1]]
@@ -256,32 +256,32 @@ def test_plane_table_adds_forgetting_cost_and_the_lr_frontier():
     runs = pd.DataFrame({"method": ["naive", "naive", "naive_high_lr", "lower_lr", "ewc"], "seed": [0, 1, 0, 0, 0],
                          "seconds": [1.0] * 5, "target_acc": [0.90, 0.94, 0.95, 0.88, 0.90],
                          "source_acc": [0.10, 0.20, 0.05, 0.30, 0.60]})
-    plane = forgetting.plane_table(runs, source_before=0.8)
+    plane = continual.plane_table(runs, source_before=0.8)
     assert plane.loc["naive", "target_acc_mean"] == pytest.approx(0.92) and plane.loc["naive", "seeds"] == 2
     assert plane.loc["ewc", "forgotten"] == pytest.approx(0.25)  # 1 - 0.6 / 0.8
     assert plane.loc["ewc", "target_cost"] == pytest.approx(0.02) and plane.loc["naive", "target_cost"] == 0
     # at 0.90 target accuracy, naive (0.92) keeps 0.15 at best and naive_high_lr (0.95) 0.05: 0.6 - 0.15
     assert plane.loc["ewc", "above_lr_frontier"] == pytest.approx(0.45)
-    assert plane.loc[list(forgetting.NAIVE_LRS), "above_lr_frontier"].isna().all()
-    assert forgetting.lr_baselines(plane) == ["naive", "naive_high_lr", "lower_lr"]
-    xs, ys = forgetting.lr_frontier(plane, points=5)  # x = 0, 0.25, 0.5, 0.75, 1
+    assert plane.loc[list(continual.NAIVE_LRS), "above_lr_frontier"].isna().all()
+    assert continual.lr_baselines(plane) == ["naive", "naive_high_lr", "lower_lr"]
+    xs, ys = continual.lr_frontier(plane, points=5)  # x = 0, 0.25, 0.5, 0.75, 1
     assert list(xs) == [0, 0.25, 0.5, 0.75, 1] and ys[:4] == pytest.approx([0.3] * 4) and ys[4] == 0.05
-    alone = forgetting.plane_table(runs[runs.method == "ewc"], source_before=0.8)
+    alone = continual.plane_table(runs[runs.method == "ewc"], source_before=0.8)
     assert "above_lr_frontier" not in alone and "target_cost" not in alone
-    assert forgetting.lr_frontier(alone) is None and forgetting.lr_baselines(alone) == []
+    assert continual.lr_frontier(alone) is None and continual.lr_baselines(alone) == []
 
 
 def test_old_head_vs_probe_scores_the_pretrained_and_the_fine_tuned_models():
     pretrained = tiny(num_classes=4)
     source = toy_data(48, seed=3)
-    small = forgetting.per_class(source, 3, seed=0)
+    small = continual.per_class(source, 3, seed=0)
     assert torch.bincount(small[1]).tolist() == [3, 3, 3, 3]
-    assert torch.bincount(forgetting.per_class(source, 99, seed=0)[1]).tolist() == [12] * 4  # all there is
+    assert torch.bincount(continual.per_class(source, 99, seed=0)[1]).tolist() == [12] * 4  # all there is
     models = {("naive", 0): new_head(copy.deepcopy(pretrained), 4, seed=1)}
-    probes = forgetting.old_head_vs_probe(pretrained, models, source, source, seed=0, train_per_class=3,
+    probes = continual.old_head_vs_probe(pretrained, models, source, source, seed=0, train_per_class=3,
                                           test_per_class=5)
     assert probes.index.tolist() == ["pretrained", "after naive"]
-    assert probes.loc["pretrained", "old head_mean"] == evaluate(pretrained, forgetting.per_class(source, 5, 0))["acc"]
+    assert probes.loc["pretrained", "old head_mean"] == evaluate(pretrained, continual.per_class(source, 5, 0))["acc"]
     # the new head is never used: the backbone is read through the pretrained head
     assert probes.loc["after naive", "old head_mean"] == probes.loc["pretrained", "old head_mean"]
     assert probes[["old head_mean", "re-fitted probe_mean"]].stack().between(0, 1).all()
@@ -290,23 +290,23 @@ def test_old_head_vs_probe_scores_the_pretrained_and_the_fine_tuned_models():
 def test_stream_runs_give_matrices_and_the_continual_metrics():
     from helpers import metrics
 
-    matrices, table = forgetting.stream_runs(["naive", "replay"], tiny(), toy_task(), seeds=[0], budget=8,
+    matrices, table = continual.stream_runs(["naive", "replay"], tiny(), toy_task(), seeds=[0], budget=8,
                                              groups=[[0, 1], [2, 3]], steps=2, progress=False, num_classes=4,
                                              lr=1e-2, batch_size=8)
     assert list(matrices) == ["naive", "replay"] and matrices["naive"][0].shape == (2, 2)
     R = matrices["replay"][0]
     assert table.loc["replay", "avg_acc_mean"] == metrics.average_accuracy(R)
     assert table.loc["replay", "last_task_acc_mean"] == R[-1, -1] and table.loc["replay", "seeds"] == 1
-    assert forgetting.best_mitigation(table) == "replay"
-    assert forgetting.best_mitigation(table.loc[["naive"]]) is None
+    assert continual.best_mitigation(table) == "replay"
+    assert continual.best_mitigation(table.loc[["naive"]]) is None
 
 
 def test_accuracy_matrices_figure_averages_the_seeds():
     matrices = {"naive": [np.eye(2), np.zeros((2, 2))], "ewc": [np.ones((2, 2))] * 2}
-    fig, means = forgetting.accuracy_matrices_figure(matrices, [[0, 1], [2, 3]], shown=("naive", "lwf", None))
+    fig, means = continual.accuracy_matrices_figure(matrices, [[0, 1], [2, 3]], shown=("naive", "lwf", None))
     assert list(means) == ["naive"] and means["naive"].tolist() == [[0.5, 0], [0, 0.5]]
     assert [ax.get_title() for ax in fig.axes] == ["naive: ACC 0.25"]
     assert "mean of 2 seeds" in fig._suptitle.get_text()
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["{0,1}", "{2,3}"]
-    fig, means = forgetting.accuracy_matrices_figure(matrices, [[0, 1], [2, 3]])
+    fig, means = continual.accuracy_matrices_figure(matrices, [[0, 1], [2, 3]])
     assert list(means) == ["naive", "ewc"] and len(fig.axes) == 2

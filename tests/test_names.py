@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import config, finetuning, forgetting, imbalance, transfer, vision
+from helpers import config, continual, finetuning, forgetting, imbalance, transfer, vision
 from helpers.config import KNOBS
 from helpers.models import SmallResNet
 
@@ -84,7 +84,7 @@ def test_bad_values_raise_errors_that_name_the_right_knob():
                                                batch_size=4, seed=0),
         "forgetting_methods": lambda: forgetting.mitigation("ewk", model, model, lr=1e-3, weight_decay=0.0,
                                                             batch_size=4, seed=0),
-        "stream_methods": lambda: forgetting.learn_sequence("ewk", model, [toy], [toy], num_classes=3, steps=1,
+        "stream_methods": lambda: continual.learn_sequence("ewk", model, [toy], [toy], num_classes=3, steps=1,
                                                             lr=1e-3, batch_size=4, seed=0),
         "replay_fraction": lambda: forgetting.replay_memory(toy, 0.0),
         "imbalance_methods": lambda: imbalance.rebalanced_data("smote", *toy, seed=0),

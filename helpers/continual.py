@@ -1,0 +1,283 @@
+"""Measuring forgetting (notebook 05): the learning-vs-forgetting plane and a stream of tasks.
+
+The mitigations themselves are :mod:`helpers.forgetting`; this module runs and scores them:
+
+* **the plane** -- fine-tune the pretrained CNN on the target with each method and seed
+  (:func:`plane_runs`), score the new task and the *old* task through the old head, average the
+  seeds (:func:`plane_table`) and compare each method with plain fine-tuning at three learning
+  rates, the learning-rate frontier (:func:`lr_frontier`, :func:`frontier_margin`); re-fit a probe
+  to tell forgotten features from misaligned ones (:func:`old_head_vs_probe`);
+* **a stream of tasks** -- learn disjoint groups of classes one after another with one shared head
+  (:func:`class_split_tasks`, :func:`learn_sequence`), which gives the accuracy matrix ``R[i][j]``
+  and its continual-learning metrics (:func:`stream_runs`, :func:`accuracy_matrices_figure`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import check
+from .finetuning import epochs_for
+from .forgetting import finetune_remembering, mitigation, with_head
+from .models import SmallResNet, new_head
+from .train import train
+
+if TYPE_CHECKING:
+    from .vision import TargetTask
+
+Labelled = tuple[torch.Tensor, torch.Tensor]  # images and their labels
+
+
+def frontier_margin(target: float, source: float, baselines: list[tuple[float, float]]) -> float:
+    """How far a point (target accuracy, source accuracy) sits *above* a set of baseline points.
+
+    The baselines' frontier at ``target`` is the best source accuracy any baseline keeps while
+    reaching at least that target accuracy (if none does, the baseline with the best target
+    accuracy). A positive margin means: no baseline (e.g. plain fine-tuning at any learning rate
+    tried) is as good on both axes.
+    """
+    if not baselines:
+        raise ValueError("frontier_margin needs at least one baseline point")
+    reaching = [s for t, s in baselines if t >= target]
+    best = max(reaching) if reaching else max(baselines)[1]
+    return source - best
+
+
+def class_split_tasks(data: tuple[torch.Tensor, torch.Tensor],
+                      groups: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cut a labelled set into tasks by class: ``groups=[[0, 1, 2], [3, 4, 5], ...]``.
+
+    Labels keep their original values (one head shared by all tasks: *class-incremental*).
+    """
+    images, labels = data
+    tasks = []
+    for group in groups:
+        chosen = torch.isin(labels, torch.tensor(group))
+        if not chosen.any():
+            raise ValueError(f"task classes {group} have no examples")
+        tasks.append((images[chosen], labels[chosen]))
+    return tasks
+
+
+def learn_sequence(method: str, pretrained: SmallResNet, tasks: list[tuple[torch.Tensor, torch.Tensor]],
+                   tests: list[tuple[torch.Tensor, torch.Tensor]], *, num_classes: int, steps: int, lr: float,
+                   batch_size: int, seed: int, weight_decay: float = 1e-4, bf16: bool = False,
+                   device: torch.device | str = "cpu", **strengths: Any):
+    """Learn ``tasks`` one after another with one shared head; return the accuracy matrix ``R``.
+
+    ``R[i][j]`` = accuracy on ``tests[j]`` after training on task ``i`` (prediction over all
+    ``num_classes``: the model is not told which task an image belongs to). The first task is
+    plain fine-tuning (nothing to forget yet); from the second on, ``method`` protects the tasks
+    before it: the reference is the model after the previous task, the old-task data the
+    previous tasks' training sets (replay keeps ``replay_fraction`` of each).
+    """
+    from .train import evaluate
+
+    check("stream_methods", [method])
+    model = new_head(copy.deepcopy(pretrained), num_classes, seed=seed).to(device)
+    R = np.zeros((len(tasks), len(tests)))
+    for i, data in enumerate(tasks):
+        epochs, batch = epochs_for(len(data[0]), batch_size, steps)
+        reference = copy.deepcopy(model).eval()
+        seen = None if i == 0 else tuple(torch.cat(parts) for parts in zip(*tasks[:i]))
+        options = mitigation("naive" if i == 0 else method, model, reference, lr=lr, weight_decay=weight_decay,
+                             batch_size=batch, seed=seed + i, source=seen, old_head=None, **strengths)
+        train(model, data, epochs=epochs, batch_size=batch, seed=seed + i, bf16=bf16, device=device,
+              weight_decay=weight_decay, progress=False, **options)
+        for j, test in enumerate(tests):
+            R[i, j] = evaluate(model, test, bf16=bf16)["acc"]
+    return R
+
+
+# --- notebook 05's experiments: the learning-vs-forgetting plane and the stream of tasks ------------
+
+#: Plain fine-tuning at the three learning rates tried: the baselines of the learning-rate frontier.
+NAIVE_LRS: tuple[str, ...] = ("naive", "naive_high_lr", "lower_lr")
+
+
+def run_options(params: Mapping[str, Any], num_classes: int, device: torch.device | str) -> dict[str, Any]:
+    """The keyword arguments every fine-tuning run of notebook 05 shares, read from the profile
+    ``params``: the optimiser's settings and every mitigation's strength (each method takes its own)."""
+    return dict(num_classes=num_classes, lr=params["lr"], batch_size=params["finetune_batch_size"],
+                weight_decay=params["weight_decay"], bf16=params["bf16"], device=device,
+                l2sp_strength=params["l2sp_strength"], ewc_strength=params["ewc_strength"],
+                lwf_strength=params["lwf_strength"], replay_fraction=params["replay_fraction"])
+
+
+def plane_runs(methods: Sequence[str], pretrained: SmallResNet, task: TargetTask, *, seeds: Sequence[int],
+               budget: int, source: Labelled, source_test: Labelled, steps: int,
+               keep: Sequence[str] = ("naive", "naive_high_lr"), progress: bool = True,
+               **options: Any) -> tuple[pd.DataFrame, dict[tuple[str, int], SmallResNet]]:
+    """Every method x seed of the learning-vs-forgetting plane: one fine-tuning run each.
+
+    Each run fine-tunes a copy of ``pretrained`` on ``budget`` labelled examples per class of
+    ``task`` (:func:`finetune_remembering`, same ``steps`` for all) and scores it twice: on the new
+    task (``target_acc``: its test set, the new head) and on the old one (``source_acc``: the
+    held-out ``source_test`` through the fine-tuned backbone and the *old* head). ``options`` go to
+    :func:`finetune_remembering` (see :func:`run_options`). Returns one row per run (with its
+    ``seconds``) and the fine-tuned models of the methods in ``keep``, by ``(method, seed)``.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .train import evaluate
+
+    bf16 = options.get("bf16", False)
+    rows, kept = [], {}
+    jobs = [(seed, method) for seed in seeds for method in methods]
+    for seed, method in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
+        start = time.perf_counter()
+        model, old_head, _ = finetune_remembering(method, pretrained, task.budget(budget, seed), source=source,
+                                                  steps=steps, seed=seed, **options)
+        rows.append({"method": method, "seed": seed, "seconds": time.perf_counter() - start,
+                     "target_acc": evaluate(model, task.test, bf16=bf16)["acc"],
+                     "source_acc": evaluate(with_head(model, old_head), source_test, bf16=bf16)["acc"]})
+        if method in keep:
+            kept[(method, seed)] = model
+    return pd.DataFrame(rows), kept
+
+
+def plane_table(runs: pd.DataFrame, source_before: float) -> pd.DataFrame:
+    """The learning-vs-forgetting plane: one row per method, mean and std over seeds.
+
+    Next to ``target_acc``, ``source_acc`` and ``seconds`` (:func:`helpers.metrics.mean_std`):
+
+    * ``forgotten`` -- the share of the source accuracy lost, ``1 - source_acc / source_before``;
+    * ``target_cost`` -- the target accuracy given up against ``naive`` (if it ran);
+    * ``above_lr_frontier`` -- for every method but the :data:`NAIVE_LRS`, how far it sits above
+      their frontier (:func:`frontier_margin`): retention no learning rate alone buys (if any ran).
+    """
+    from .metrics import mean_std
+
+    plane = mean_std(runs, ["method"], ["target_acc", "source_acc", "seconds"])
+    plane["forgotten"] = 1 - plane["source_acc_mean"] / source_before
+    if "naive" in plane.index:
+        plane["target_cost"] = plane.loc["naive", "target_acc_mean"] - plane["target_acc_mean"]
+    baselines = _lr_points(plane)
+    if baselines:
+        plane["above_lr_frontier"] = [frontier_margin(t, s, baselines) if m not in NAIVE_LRS else np.nan
+                                      for m, t, s in zip(plane.index, plane.target_acc_mean, plane.source_acc_mean)]
+    return plane
+
+
+def lr_baselines(plane: pd.DataFrame) -> list[str]:
+    """The :data:`NAIVE_LRS` methods that ran, in that order: the points the frontier is made of."""
+    return [m for m in NAIVE_LRS if m in plane.index]
+
+
+def _lr_points(plane: pd.DataFrame) -> list[tuple[float, float]]:
+    return [(plane.loc[m, "target_acc_mean"], plane.loc[m, "source_acc_mean"]) for m in lr_baselines(plane)]
+
+
+def lr_frontier(plane: pd.DataFrame, points: int = 201) -> tuple[np.ndarray, list[float]] | None:
+    """The learning-rate frontier as a line to draw: at each target accuracy ``x`` in [0, 1], the
+    best retention plain fine-tuning reached at any learning rate tried while reaching at least
+    ``x`` (a staircase). ``None`` when no :data:`NAIVE_LRS` method ran."""
+    baselines = _lr_points(plane)
+    if not baselines:
+        return None
+    xs = np.linspace(0, 1, points)
+    return xs, [-frontier_margin(x, 0.0, baselines) for x in xs]
+
+
+def per_class(data: Labelled, count: int, seed: int) -> Labelled:
+    """``count`` examples of every class of ``data`` (fewer if a class has fewer), drawn with ``seed``."""
+    from .data import label_budget
+
+    index = label_budget(data[1], min(count, int(torch.bincount(data[1]).min())), seed)
+    return data[0][index], data[1][index]
+
+
+def old_head_vs_probe(pretrained: SmallResNet, models: Mapping[tuple[str, int], SmallResNet], source: Labelled,
+                      source_test: Labelled, *, seed: int, train_per_class: int = 10,
+                      test_per_class: int = 25) -> pd.DataFrame:
+    """Forgotten, or only misaligned? The old head next to a linear probe re-fitted on the same features.
+
+    For ``pretrained`` and each fine-tuned model (``models`` by ``(method, seed)``, from
+    :func:`plane_runs`): the accuracy of the old glyph head (``pretrained.head``) on
+    ``test_per_class`` held-out glyphs per class, and of a logistic regression fitted on
+    ``train_per_class`` seen glyphs per class (:func:`helpers.vision.linear_probe`). If the probe
+    reads much more than the old head, the information is still there, only moved. One row per
+    model: mean and std over seeds.
+    """
+    from .metrics import mean_std
+    from .train import evaluate
+    from .vision import linear_probe
+
+    probe_train, probe_test = per_class(source, train_per_class, seed), per_class(source_test, test_per_class, seed)
+    rows = [{"model": "pretrained", "seed": seed, "old head": evaluate(pretrained, probe_test)["acc"],
+             "re-fitted probe": linear_probe(pretrained, probe_train, probe_test)}]
+    for (method, run_seed), model in models.items():
+        rows.append({"model": f"after {method}", "seed": run_seed,
+                     "old head": evaluate(with_head(model, copy.deepcopy(pretrained.head)), probe_test)["acc"],
+                     "re-fitted probe": linear_probe(model, probe_train, probe_test)})
+    return mean_std(pd.DataFrame(rows), ["model"], ["old head", "re-fitted probe"])
+
+
+def stream_runs(methods: Sequence[str], pretrained: SmallResNet, task: TargetTask, *, seeds: Sequence[int],
+                budget: int, groups: list[list[int]], steps: int, progress: bool = True,
+                **options: Any) -> tuple[dict[str, list[np.ndarray]], pd.DataFrame]:
+    """Every method x seed on the stream of tasks ``groups`` (digit classes of each task, in order).
+
+    For each seed, ``budget`` examples per class of ``task`` are cut into tasks by class
+    (:func:`class_split_tasks`) and learnt one after another (:func:`learn_sequence`, ``steps`` per
+    task); its test set is cut the same way. Returns each method's accuracy matrices (one per
+    seed) and a table, one row per method, of the continual-learning metrics (mean and std over
+    seeds): ``avg_acc``, ``bwt``, ``forgetting`` (:mod:`helpers.metrics`) and ``last_task_acc``,
+    ``R[-1, -1]``: how well the last task was learnt.
+    """
+    from tqdm.auto import tqdm
+
+    from . import metrics
+
+    tests = class_split_tasks(task.test, groups)
+    matrices, rows = {}, []
+    for seed, method in tqdm([(s, m) for s in seeds for m in methods], desc="task streams", disable=not progress):
+        stream = class_split_tasks(task.budget(budget, seed), groups)
+        R = learn_sequence(method, pretrained, stream, tests, steps=steps, seed=seed, **options)
+        matrices.setdefault(method, []).append(R)
+        rows.append({"method": method, "seed": seed, "avg_acc": metrics.average_accuracy(R),
+                     "bwt": metrics.backward_transfer(R), "forgetting": metrics.average_forgetting(R),
+                     "last_task_acc": R[-1, -1]})
+    table = metrics.mean_std(pd.DataFrame(rows), ["method"], ["avg_acc", "bwt", "forgetting", "last_task_acc"])
+    return matrices, table
+
+
+def best_mitigation(stream_table: pd.DataFrame) -> str | None:
+    """The method of :func:`stream_runs`'s table, ``naive`` aside, with the highest mean average
+    accuracy (``None`` if only ``naive`` ran)."""
+    mitigations = [m for m in stream_table.index if m != "naive"]
+    return stream_table.loc[mitigations, "avg_acc_mean"].idxmax() if mitigations else None
+
+
+def accuracy_matrices_figure(matrices: Mapping[str, list[np.ndarray]], groups: list[list[int]],
+                             shown: Sequence[str | None] | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+    """Accuracy matrices ``R[i][j]``, averaged over seeds, side by side as heat maps.
+
+    ``matrices`` maps a method to its matrices (one per seed, from :func:`stream_runs`), ``groups``
+    names the tasks; ``shown`` picks the methods to draw, in order (those that did not run are left
+    out; default: all). Returns the figure and the mean matrices it shows, by method.
+    """
+    import matplotlib.pyplot as plt
+
+    from .metrics import average_accuracy
+    from .plots import heat_map
+
+    methods = [m for m in (matrices if shown is None else shown) if m in matrices]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
+    names = ["{" + ",".join(map(str, group)) + "}" for group in groups]
+    means = {}
+    for ax, method in zip(axes[0], methods):
+        means[method] = np.mean(matrices[method], axis=0)
+        acc = np.mean([average_accuracy(R) for R in matrices[method]])
+        heat_map(means[method], names, names, xlabel="tested on task j", ylabel="after training on task i",
+                 title=f"{method}: ACC {acc:.2f}", colorbar=False, ax=ax)
+    seeds = len(matrices[methods[0]]) if methods else 0
+    fig.suptitle(f"accuracy matrix R[i][j], mean of {seeds} seeds")
+    return fig, means
