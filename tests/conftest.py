@@ -50,3 +50,14 @@ def pytest_collection_modifyitems(items):
     def rank(item) -> int:
         return max((_ORDER.get(mark.name, 0) for mark in item.iter_markers()), default=0)
     items.sort(key=rank)  # stable: the order within a group is kept
+
+
+def write_notebook(nb, path: Path, prefix: str = "cell") -> Path:
+    """Give a test-made nbformat notebook stable cell ids and the python3 kernel, and write it."""
+    import nbformat
+
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{prefix}-{i}"
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path

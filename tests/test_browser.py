@@ -30,9 +30,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import nbformat
 import papermill as pm
 import pytest
+from conftest import write_notebook
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,11 +86,7 @@ def widget_demo(path: Path) -> Path:
             "        schedule=choice(['constant', 'sqrt'], description='schedule'))"),
         new_code_cell("print('all cells ran')"),
     ])
-    for i, cell in enumerate(nb.cells):
-        cell.id = f"demo-{i}"
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(nb, path, "demo")
 
 
 def _free_port() -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import pytest
+from conftest import write_notebook
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from helpers import classroom
@@ -40,11 +41,7 @@ def tiny_course(path: Path) -> Path:
               "check"),
         _cell("print('the end')"),
     ])
-    for i, cell in enumerate(nb.cells):
-        cell.id = f"cell-{i}"
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
+    return write_notebook(nb, path, "cell")
 
 
 def test_instructor_passes_and_student_stops_at_the_first_exercise(tmp_path):
