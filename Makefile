@@ -21,9 +21,11 @@ $(READY): pyproject.toml
 run: $(READY)
 	$(PY) -m helpers.run --profile $(PROFILE) $(ARGS)
 
-## test: unit tests, every notebook in smoke, nbval, and the quick-profile claim checks
+## test: unit tests, every notebook in smoke (nbval), the browser, and the quick-profile claim checks,
+## in TEST_JOBS pytest-xdist workers (each gets cores / TEST_JOBS threads)
+TEST_JOBS ?= 2
 test: $(READY)
-	$(PY) -m pytest $(ARGS); status=$$?; \
+	$(PY) -m pytest -n $(TEST_JOBS) $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure"; exit 1; fi; exit $$status
 
 ## lab: JupyterLab on notebooks/ with the workbook's kernel

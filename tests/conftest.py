@@ -15,6 +15,12 @@ NETGUARD = Path(__file__).resolve().parent / "netguard"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), os.environ.get("PYTHONPATH")]))
 os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                   MPLBACKEND="Agg", TQDM_MININTERVAL="5")
+# Under pytest-xdist (`make test` runs `-n 2`), N workers share the cores: each gets cores // N
+# threads (papermill kernels inherit it), so N test processes do not fight over the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(NETGUARD))
 import sitecustomize  # noqa: E402,F401  (the guard, in this process too)
 
@@ -38,8 +44,14 @@ def _results_in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def shared_store(tmp_path_factory) -> Path:
     """One store for every notebook execution of a test session (smoke, quick, student, browser):
-    what one notebook pretrains, the next loads, as for a learner running them in order."""
-    return tmp_path_factory.mktemp("store")
+    what one notebook pretrains, the next loads, as for a learner running them in order. Under
+    pytest-xdist the workers share it too; the store's build locks make each checkpoint once."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    path = base / "shared-store"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 _ORDER = {"notebooks": 1, "browser": 2, "claims": 3}  # unit tests (0) first, the slowest last
