@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .plan import UsageError  # the runner's: bad command-line input, one message, exit status 2
+
 SOLUTION, CHECK, EXERCISE = "solution", "check", "exercise"
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB = "# YOUR CODE HERE"
@@ -161,12 +163,7 @@ def student_version(nb: Any) -> tuple[Any, int]:
 # command line
 # --------------------------------------------------------------------------------------------
 
-class UsageError(Exception):
-    """Bad command-line input; one message, exit status 2, nothing written."""
-
-
 def _notebooks(names: Sequence[str], folder: Path) -> list[Path]:
-    from .plan import UsageError as RunUsageError
     from .plan import available_notebooks, find_notebook
 
     if not names:
@@ -174,10 +171,7 @@ def _notebooks(names: Sequence[str], folder: Path) -> list[Path]:
         if not found:
             raise UsageError(f"no notebooks NN_*.ipynb found in {folder}")
         return [p.resolve() for p in found]
-    try:
-        return list(dict.fromkeys(find_notebook(name, folder) for name in names))
-    except RunUsageError as err:
-        raise UsageError(str(err)) from None
+    return list(dict.fromkeys(find_notebook(name, folder) for name in names))
 
 
 def write_student_versions(out: Path, notebooks: Sequence[Path]) -> list[tuple[Path, int]]:

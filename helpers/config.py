@@ -259,13 +259,13 @@ class Params(dict):
             raise AttributeError(f"no parameter {name!r}; known: {sorted(self)}") from None
 
 
-def check(name: str, value: Any) -> Any:
+def check_knob(name: str, value: Any) -> Any:
     """Validate one knob's value; return it normalised (floats as float, lists as lists).
 
     The one validator of the package: a module that takes a method list or a budget from a caller
     checks it here, so every error message names a knob that exists and says what it allows::
 
-        check("methods", ["fine_tune"])   # ValueError: parameter 'methods'=['fine_tune'] is not allowed: ...
+        check_knob("methods", ["fine_tune"])   # ValueError: parameter 'methods'=['fine_tune'] is not allowed: ...
     """
     if name not in KNOBS:
         near = difflib.get_close_matches(name, KNOBS, n=1)
@@ -353,7 +353,7 @@ def _check_together(params: Mapping[str, Any]) -> None:
 
 def validate(params: Mapping[str, Any]) -> Params:
     """Check every (name, value); raise ``ValueError`` naming the first bad one and what is allowed."""
-    checked = Params({name: check(name, value) for name, value in params.items()})
+    checked = Params({name: check_knob(name, value) for name, value in params.items()})
     _check_together(checked)
     return checked
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import check
+from .config import check_knob
 from .finetuning import epochs_for
 from .forgetting import finetune_remembering, mitigation, with_head
 from .models import SmallResNet, new_head
@@ -78,7 +78,7 @@ def learn_sequence(method: str, pretrained: SmallResNet, tasks: list[tuple[torch
     """
     from .train import evaluate
 
-    check("stream_methods", [method])
+    check_knob("stream_methods", [method])
     model = new_head(copy.deepcopy(pretrained), num_classes, seed=seed).to(device)
     R = np.zeros((len(tasks), len(tests)))
     for i, data in enumerate(tasks):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .config import check
+from .config import check_knob
 from .models import SmallResNet, count_parameters, new_head, set_trainable
 from .train import Data, History, default_param_groups, train, train_mode
 
@@ -133,7 +133,7 @@ def finetune(method: str, pretrained: SmallResNet | None, data: tuple[torch.Tens
     used for the cost estimate. ``loss_fn`` replaces cross-entropy when the network trains (see
     :func:`helpers.train.train`; class weights, focal loss); a linear probe's head fit keeps it.
     """
-    check("methods", [method])
+    check_knob("methods", [method])
     if method != "scratch" and pretrained is None:
         raise ValueError(f"method {method!r} needs a pretrained model (got None)")
     torch.manual_seed(seed)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check
+from .config import check_knob
 from .finetuning import HIGH_LR_FACTOR, epochs_for, units_top_down
 from .models import SmallResNet, new_head, set_trainable
 from .train import Data, History, default_param_groups, train
@@ -239,7 +239,7 @@ def mitigation(method: str, model: SmallResNet, reference: SmallResNet, *, lr: f
     * ``source``: old-task training data (EWC estimates its Fisher there unless ``fisher`` is
       given; replay draws ``replay_fraction`` of it as its memory).
     """
-    check("forgetting_methods", [method])
+    check_knob("forgetting_methods", [method])
     skip = ("head.",) if old_head is not None else ()
     options: dict[str, Any] = {"lr": lr}
     if method == "naive_high_lr":

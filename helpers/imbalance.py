@@ -36,7 +36,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import metrics
-from .config import check
+from .config import check_knob
 from .train import Data, _forward
 
 LossFn = Callable[[nn.Module, Data, str], tuple[torch.Tensor, torch.Tensor, int]]
@@ -221,7 +221,7 @@ class LogitAdjusted(nn.Module):
 def rebalanced_data(method: str, images: torch.Tensor, labels: torch.Tensor, seed: int
                     ) -> tuple[tuple[torch.Tensor, torch.Tensor], LossFn | None]:
     """The training data and ``loss_fn`` a method uses (``logit_adjust`` trains like ``plain``)."""
-    check("imbalance_methods", [method])
+    check_knob("imbalance_methods", [method])
     if method == "oversample":
         index = oversample(labels, seed)
         return (images[index], labels[index]), None
@@ -303,7 +303,7 @@ def rebalancing_grid(task, pretrained: nn.Module, runs: Sequence[tuple[str, floa
     import pandas as pd
     from tqdm.auto import tqdm
 
-    check("imbalance_methods", [m for m, _ in runs])
+    check_knob("imbalance_methods", [m for m, _ in runs])
     runs = list(dict.fromkeys(runs))
     # plain before logit_adjust, so the latter can reuse the former's model
     runs.sort(key=lambda r: (r[1], r[0] != "plain"))

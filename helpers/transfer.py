@@ -56,7 +56,7 @@ def harmful_source(source: str, n_classes: int, per_class: int, glyphs_per_class
     (the same images as a helpful source; only memorising them lowers the loss).
     ``noise``: as many uniform-noise images with random labels. (The ``harmful_source`` knob's choices.)
     """
-    config.check("harmful_source", source)
+    config.check_knob("harmful_source", source)
     if per_class > glyphs_per_class:
         raise ValueError(f"parameter 'harmful_per_class'={per_class} is not allowed: expected at most "
                          f"glyphs_per_class={glyphs_per_class} (the glyphs it is drawn from)")

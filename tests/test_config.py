@@ -92,9 +92,9 @@ def test_nested_knob_keeps_its_shape():
 
 
 def test_check_validates_one_knob_and_budgets_name_theirs():
-    assert config.check("text_lr_factors", [1, 3]) == [1.0, 3.0]
+    assert config.check_knob("text_lr_factors", [1, 3]) == [1.0, 3.0]
     with pytest.raises(ValueError, match="unknown parameter 'methodz'"):
-        config.check("methodz", ["scratch"])
+        config.check_knob("methodz", ["scratch"])
     assert config.check_budgets("transfer_budgets", [1, 30], 30, "pool") == [1, 30]
     with pytest.raises(ValueError, match=r"parameter 'transfer_budgets'=\[1, 31\] is not allowed: each label "
                                          r"budget must be in \[1, 30\] examples per class \(pool\)"):

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # What names a knob in the sources: an error message, a check of a knob, a ``knob=`` default.
 NAMING = [re.compile(p) for p in (
     r"parameter '(\w+)'",
-    r"\bcheck\(\s*\"(\w+)\"",
+    r"\bcheck_knob\(\s*\"(\w+)\"",
     r"\bcheck_budgets\(\s*\"(\w+)\"",
     r"\b\w*knob: str = \"(\w+)\"",
     r"\b\w*knob=\"(\w+)\"",
@@ -97,7 +97,7 @@ def test_bad_values_raise_errors_that_name_the_right_knob():
                                                            min_steps=1, epochs=1, **common),
         "shift_budget": lambda: transfer.shift_recovery(task, model, 7, [], [0.0], [0], steps=1, **common),
         "shift_extra": lambda: transfer.shift_recovery(task, model, 2, [5], [0.0], [0], steps=1, **common),
-        "finetune_steps": lambda: config.check("finetune_steps", 0),
+        "finetune_steps": lambda: config.check_knob("finetune_steps", 0),
     }
     for knob, call in calls.items():
         assert _named_in_error(call) == knob

@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import data
 from ..checkpoints import save_tensors
-from ..config import KNOBS, check, check_budgets
+from ..config import KNOBS, check_budgets, check_knob
 from ..finetuning import epochs_for
 from ..models import count_parameters, set_trainable
 from ..train import History, evaluate, train
@@ -177,7 +177,7 @@ def finetune_text(method: str, base: Pretrained, train_data: tuple[torch.Tensor,
     ``lr x LR_FACTOR[method]``, trained by :func:`helpers.train.train`. With ``measure`` it also
     counts the training memory and the size of what the method must save.
     """
-    check("text_methods", [method])
+    check_knob("text_methods", [method])
     torch.manual_seed(seed)
     start = time.perf_counter()
     x, y = train_data
@@ -226,7 +226,7 @@ def compare_methods(backbones: Mapping[str, Pretrained], task: TextTask, pool: t
     """
     from tqdm.auto import tqdm
 
-    check("text_methods", list(methods))
+    check_knob("text_methods", list(methods))
     seeds = list(seeds)
     check_budgets(budget_knob, budgets, task.max_budget(pool), f"{task.kind} task pool")
     first = next(iter(backbones.values()))
