@@ -160,13 +160,17 @@ def section_seconds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"section": name, "seconds": round(seconds, 3)} for name, seconds in sections.items()]
 
 
-def _slowest_cells(path: Path, n: int = 3) -> list[dict[str, Any]]:
-    """The ``n`` slowest code cells (of 0.05 s or more) of an executed notebook, by ``In [n]``
-    (papermill records each cell's duration in its metadata)."""
+def _executed_cells(path: Path) -> list[dict[str, Any]]:
+    """The cells of an executed notebook (none when it cannot be read)."""
     try:
-        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        return json.loads(path.read_text(encoding="utf-8"))["cells"]
     except (OSError, ValueError, KeyError):
         return []
+
+
+def _slowest_cells(cells: list[dict[str, Any]], n: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` slowest code cells (of 0.05 s or more) of an executed notebook, by ``In [n]``
+    (papermill records each cell's duration in its metadata)."""
     timed = []
     for cell in cells:
         duration = (cell.get("metadata", {}).get("papermill") or {}).get("duration")
@@ -202,11 +206,9 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
     job.wall_s = round(time.perf_counter() - started, 3)
     job.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     job.peak_rss_mb = None if rss.peak_mb is None else round(rss.peak_mb, 1)
-    job.slowest_cells = _slowest_cells(output)
-    try:
-        job.sections = section_seconds(json.loads(output.read_text(encoding="utf-8"))["cells"])
-    except (OSError, ValueError, KeyError):
-        job.sections = []
+    cells = _executed_cells(output)  # read once for both profiles of where the time went
+    job.slowest_cells = _slowest_cells(cells)
+    job.sections = section_seconds(cells)
     job.kernel_log = os.path.relpath(log, out) if log.is_file() else None
     return job
 
