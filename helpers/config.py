@@ -157,9 +157,9 @@ KNOBS: dict[str, Knob] = {
     "eval_blocks": Knob(int, "token blocks of each text domain scored for perplexity", low=1, high=100_000),
     "text_lr_factors": Knob(float, "learning rates tried for language-model specialisation, as multiples of "
                             "text_ft_lr", low=1e-3, high=1_000.0, is_list=True),
-    # the text part of a vision notebook (05, 08, 09)
+    # the text part of a vision notebook (05, 08, 10)
     "text": Knob(bool, "also run the notebook's text part (loads or pretrains the tiny GPT of 02)"),
-    # fine-tuning comparisons (03, 09)
+    # fine-tuning comparisons (03, 10)
     "curve_methods": Knob(str, "methods drawn on the sample-efficiency curve", is_list=True,
                           choices=_FINETUNING),
     "compare_budget": Knob(int, "labels per class at which every fine-tuning method is compared", low=1,

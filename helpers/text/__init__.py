@@ -1,4 +1,4 @@
-"""The text track: pretrain a tiny transformer on real prose, then adapt it (notebooks 02, 04, 05, 08, 09).
+"""The text track: pretrain a tiny transformer on real prose, then adapt it (notebooks 02, 04, 05, 08, 10).
 
 Everything is offline and built from what every Python installation carries. One module per stage:
 

@@ -1,5 +1,5 @@
 """Adapting the pretrained GPT: classification fine-tuning with five methods, and language-model
-specialisation (notebooks 04, 05, 08, 09).
+specialisation (notebooks 04, 05, 08, 10).
 
 * **Fine-tuning** -- the ways to adapt the pretrained model to a text task (:data:`FT_METHODS`,
   defined once as the choices of the ``text_methods`` knob): scratch, frozen features, full
