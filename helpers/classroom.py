@@ -1,26 +1,43 @@
-"""Exercises in the notebooks, and the student versions a teacher hands out.
+"""Exercises in the notebooks, their checks, and the student versions a teacher hands out.
 
-An exercise in a notebook is three cells:
+An exercise in a notebook is three cells (the workbook's convention, and nbgrader's):
 
-1. a markdown cell with the task ("Compute the accuracy of ...");
-2. a code cell tagged ``solution`` with the instructor's answer;
-3. a code cell tagged ``check`` that tests the answer and says what is wrong when it is::
+1. a markdown cell with the task: ``**Exercise 2.1 (implement)** — write the causal mask ...``
+   (the kinds: *implement*, *predict* then measure, *design*);
+2. a code cell tagged ``solution``; the answer sits between ``### BEGIN SOLUTION`` and
+   ``### END SOLUTION`` and the lines around it are scaffolding that stays for the student. The
+   scaffolding gives every name the check uses a value first -- ``ppl = None`` before the markers,
+   or the ``def`` line of a function whose body is the answer -- so that an untouched student
+   notebook fails in the check with "not done yet" (:class:`ExerciseNotDone`, a
+   ``NotImplementedError``) rather than a ``NameError``;
+3. a code cell tagged ``check`` that compares the answer with a reference it computes itself from
+   ``helpers`` and says what to look at when it is wrong, never what the answer is::
 
-       check(0.0 <= accuracy <= 1.0, "accuracy is a fraction: correct predictions / all predictions")
+       check_function(causal_mask, text.causal_mask, [1, 2, 5], hint="position i sees 0..i")
+       check_value(ppl, text.perplexity(gpt.model, corpus.val), hint="exp of the mean loss")
+
+   Lines between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` in a check cell stay with
+   the teacher: they are removed from the student version.
+
+A *predict, then measure* exercise records ``PREDICTION = ...`` in its solution cell before the
+cell that measures; a cell after the measurement calls :func:`show_prediction`.
 
 The notebooks in ``notebooks/`` *are* the instructor versions: they run top to bottom and every
 check passes (the tests execute them). ``python -m helpers.classroom student OUT/`` writes the
-student versions::
+student versions (nbgrader is not needed for that)::
 
     python -m helpers.classroom student handout/                 # every notebooks/NN_*.ipynb
     python -m helpers.classroom student handout/ 03 05_forgetting
 
-In a student version each ``solution`` cell becomes a stub (``# YOUR CODE HERE`` and
-``raise NotImplementedError("Exercise: <the task>")``), so running it stops at the first exercise
-with the task in the message; check cells stay; every output is cleared. A solution cell may keep
-scaffolding for the student: only the lines between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` are
-then replaced. The stub's message is the cell's ``exercise`` metadata when set, else the first line
-of the markdown above. Student versions have their solution cells tagged ``exercise`` instead.
+In a student version each solution region becomes ``# YOUR CODE HERE`` and
+``raise NotImplementedError("Exercise ...: <the task>")``, so running it stops at the first exercise
+with the task in the message; hidden tests are removed; every output is cleared. The stub's message
+is the cell's ``exercise`` metadata when set, else the first line of the markdown above. Student
+versions have their solution cells tagged ``exercise`` instead.
+
+For nbgrader, ``python -m helpers.classroom stamp`` writes nbgrader's cell metadata from the tags
+(solution cells: ``solution``; check cells: ``grade`` with points, ``locked``), so the notebooks are
+also nbgrader source notebooks (``nbgrader generate_assignment`` / ``autograde``).
 """
 
 from __future__ import annotations
@@ -36,7 +53,10 @@ from typing import Any, Sequence
 from .plan import UsageError  # the runner's: bad command-line input, one message, exit status 2
 
 SOLUTION, CHECK, EXERCISE = "solution", "check", "exercise"
-BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"  # nbgrader's markers
+BEGIN_MARKERS = (BEGIN, "# BEGIN SOLUTION")  # the workbook's older spelling is still accepted
+END_MARKERS = (END, "# END SOLUTION")
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 STUB = "# YOUR CODE HERE"
 
 
@@ -52,6 +72,197 @@ def check(condition: Any, hint: str, *, success: str | None = None) -> None:
     if not condition:
         raise CheckFailed(f"Not yet: {hint}")
     print(f"Correct{': ' + success if success else '.'}")
+
+
+class ExerciseNotDone(NotImplementedError):
+    """A check met an answer that is still the stub (``None`` or ``...``): the exercise is not done.
+
+    A subclass of ``NotImplementedError``, the error the stubbed solution cell itself raises, so an
+    untouched student notebook fails only with "not implemented" errors (what nbgrader's autograder
+    expects of a blank submission), never with a confusing ``TypeError`` further down.
+    """
+
+
+def _not_done(value: Any) -> bool:
+    return value is None or value is Ellipsis
+
+
+def _fail(hint: str, detail: str = "") -> CheckFailed:
+    return CheckFailed(f"Not yet: {hint}" + (f" ({detail})" if detail else ""))
+
+
+def _as_array(value: Any) -> Any:
+    """A NumPy view of a number, array, tensor or nested list (``None`` if it is none of these)."""
+    import numpy as np
+
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
+        value = value.detach().cpu()
+        if str(getattr(value, "dtype", "")) == "torch.bfloat16":
+            value = value.float()
+        return value.numpy()
+    if hasattr(value, "to_numpy"):  # pandas
+        return value.to_numpy()
+    try:
+        array = np.asarray(value)
+    except Exception:
+        return None
+    return array if array.dtype != object else None
+
+
+def _difference(answer: Any, reference: Any, rtol: float, atol: float, where: str = "") -> str | None:
+    """Why ``answer`` differs from ``reference`` -- in words that never state the reference's values
+    (its type, shape and dtype kind may be named) -- or ``None`` when they agree within tolerance."""
+    import numpy as np
+
+    at = f" in {where}" if where else ""
+    if isinstance(reference, dict):
+        if not isinstance(answer, dict):
+            return f"expected a dict{at}, got {type(answer).__name__}"
+        if set(answer) != set(reference):
+            missing, extra = set(reference) - set(answer), set(answer) - set(reference)
+            return f"the keys differ{at}: " + "; ".join(
+                part for part in (f"missing {sorted(map(str, missing))}" if missing else "",
+                                  f"unexpected {sorted(map(str, extra))}" if extra else "") if part)
+        for key in reference:
+            why = _difference(answer[key], reference[key], rtol, atol, f"{where}[{key!r}]")
+            if why:
+                return why
+        return None
+    if isinstance(reference, str) or isinstance(answer, str):
+        return None if answer == reference else f"the text{at} differs from the expected one"
+    ref, ans = _as_array(reference), _as_array(answer)
+    if ref is None:  # something else: equality is all we can ask
+        return None if answer == reference else f"the value{at} is not the expected one"
+    if ans is None:
+        return f"expected a number or an array{at}, got {type(answer).__name__}"
+    if ans.shape != ref.shape:
+        return f"your result{at} has shape {tuple(ans.shape)}, expected shape {tuple(ref.shape)}"
+    if ref.dtype == bool or ans.dtype == bool:
+        if ref.dtype != ans.dtype:
+            return f"your result{at} holds {ans.dtype} values, expected booleans" if ref.dtype == bool \
+                else f"your result{at} holds booleans, expected numbers"
+        wrong = int(np.sum(ans != ref))
+    else:
+        if not np.issubdtype(ans.dtype, np.number):
+            return f"your result{at} holds {ans.dtype} values, expected numbers"
+        a, r = ans.astype(np.float64), ref.astype(np.float64)
+        close = np.isclose(a, r, rtol=rtol, atol=atol, equal_nan=True)
+        wrong = int(np.sum(~close))
+    if not wrong:
+        return None
+    if ref.ndim == 0:
+        return f"the value{at} is not the expected one"
+    return f"{wrong} of {ref.size} entries{at} differ from the expected ones"
+
+
+def check_value(value: Any, reference: Any, *, hint: str, rtol: float = 1e-6, atol: float = 1e-9,
+                success: str | None = None) -> None:
+    """Check a learner's ``value`` against ``reference``, which the check cell computes with the
+    workbook's own helpers (``check_value(ppl, text.perplexity(...), hint=...)``).
+
+    Numbers, arrays, tensors, pandas objects, strings and dicts of these compare, numbers within
+    ``rtol``/``atol``. On success prints "Correct" and ``success``; on failure raises
+    :class:`CheckFailed` with ``hint`` and what differs (a shape, a count of wrong entries), never
+    the reference itself -- the learner has to find it. A ``value`` still ``None`` or ``...`` (the
+    exercise's scaffolding) raises :class:`ExerciseNotDone`.
+    """
+    if _not_done(value):
+        raise ExerciseNotDone(f"Exercise not done yet: the answer is still {value!r}; "
+                              f"write it in the exercise cell above and run that cell first")
+    why = _difference(value, reference, rtol, atol)
+    if why:
+        raise _fail(hint, why)
+    print(f"Correct{': ' + success if success else '.'}")
+
+
+def _call(fn: Any, case: Any) -> Any:
+    if isinstance(case, dict):
+        return fn(**copy.deepcopy(case))
+    args = case if isinstance(case, tuple) else (case,)
+    return fn(*copy.deepcopy(args))
+
+
+def check_function(student_fn: Any, reference_fn: Any, cases: Any, *, hint: str,
+                   rtol: float = 1e-5, atol: float = 1e-6, n_cases: int = 5, seed: int = 0,
+                   success: str | None = None) -> None:
+    """Check a learner's function against the workbook's own implementation, case by case.
+
+    ``cases`` is a list of inputs -- each a tuple of positional arguments, a dict of keyword
+    arguments, or a single argument -- or a function ``make_case(rng)`` that draws one case from a
+    ``numpy.random.Generator``; ``n_cases`` cases are then drawn from ``seed``. Both functions get
+    their own deep copy of each case (an in-place edit cannot leak from one to the other) and the
+    results compare as in :func:`check_value`. A failure names the case and what differs, never the
+    reference's output. The student function raising ``NotImplementedError`` (the stub) propagates
+    as it is; any other error becomes :class:`CheckFailed` with the hint.
+    """
+    import numpy as np
+
+    if not callable(student_fn):
+        if _not_done(student_fn):
+            raise ExerciseNotDone("Exercise not done yet: define the function in the exercise cell")
+        raise _fail(hint, f"expected a function, got {type(student_fn).__name__}")
+    if callable(cases):
+        rng = np.random.default_rng(seed)
+        cases = [cases(rng) for _ in range(n_cases)]
+    cases = list(cases)
+    if not cases:
+        raise ValueError("check_function needs at least one case")
+    for number, case in enumerate(cases, 1):
+        expected = _call(reference_fn, case)
+        try:
+            answer = _call(student_fn, case)
+        except NotImplementedError:
+            raise
+        except Exception as err:
+            raise _fail(hint, f"on case {number} of {len(cases)} your function raised "
+                              f"{type(err).__name__}: {err}") from err
+        why = _difference(answer, expected, rtol, atol)
+        if why:
+            raise _fail(hint, f"case {number} of {len(cases)}: {why}")
+    print(f"Correct: agrees with the workbook's implementation on {len(cases)} "
+          f"case{'s' if len(cases) != 1 else ''}{'; ' + success if success else '.'}")
+
+
+def show_prediction(name: str, predicted: Any, measured: Any, *, unit: str | None = None) -> dict:
+    """Show what the learner predicted next to what the notebook then measured.
+
+    The prediction is recorded (``PREDICTION = ...`` in an exercise cell) *before* the cell that
+    measures; this cell comes after it. Numbers are shown with their difference and ratio; a choice
+    (a string or a bool) with whether it matched. A prediction still ``None`` or ``...`` raises
+    :class:`ExerciseNotDone`: make a prediction first, then measure. Returns the comparison as a
+    dict (``name``, ``predicted``, ``measured``, and ``difference``/``ratio`` or ``matched``).
+    """
+    if _not_done(predicted):
+        raise ExerciseNotDone(f"Exercise not done yet: record your prediction for {name!r} in the "
+                              f"exercise cell before the measurement (it is still {predicted!r}), "
+                              f"run that cell, then the measurement and this cell")
+    suffix = f" {unit}" if unit else ""
+    row: dict[str, Any] = {"name": name, "predicted": predicted, "measured": measured}
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) or _is_number(v)
+                  for v in (predicted, measured))
+    if numeric:
+        p, m = float(predicted), float(measured)
+        row["difference"] = m - p
+        row["ratio"] = m / p if p else float("nan")
+        ratio = f", measured/predicted = {row['ratio']:.2f}" if p else ""
+        print(f"{name}: you predicted {p:.4g}{suffix}, measured {m:.4g}{suffix} "
+              f"(difference {m - p:+.4g}{suffix}{ratio})")
+    else:
+        row["matched"] = predicted == measured
+        print(f"{name}: you predicted {predicted!r}, measured {measured!r} -- "
+              f"{'as you predicted' if row['matched'] else 'not what you predicted'}")
+    return row
+
+
+def _is_number(value: Any) -> bool:
+    import numbers
+
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    array = _as_array(value)
+    return array is not None and array.ndim == 0 and array.dtype != bool and array.dtype.kind in "iuf"
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,15 +325,65 @@ def _defined_names(source: str) -> list[str]:
 
 
 def stub(source: str, task: str) -> str:
-    """The student's version of a solution cell's ``source`` for the exercise ``task``."""
+    """The student's version of a solution cell's ``source`` for the exercise ``task``.
+
+    Each region between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` (nbgrader's markers; the
+    older ``# BEGIN SOLUTION`` works too) becomes ``# YOUR CODE HERE`` and a ``raise
+    NotImplementedError`` naming the task, at the marker's indentation; the lines outside the
+    markers are scaffolding and stay. A cell without markers is replaced whole.
+    """
     lines = source.splitlines()
-    begin = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
-    end = [i for i, line in enumerate(lines) if line.strip() == END]
-    if begin and end and begin[0] < end[-1]:
-        inner = "\n".join(lines[begin[0] + 1:end[-1]])
-        indent = re.match(r"\s*", lines[begin[0]]).group(0)  # type: ignore[union-attr]
-        return "\n".join([*lines[:begin[0]], *_stub_lines(inner, task, indent), *lines[end[-1] + 1:]])
-    return "\n".join(_stub_lines(source, task, ""))
+    out: list[str] = []
+    region: list[str] | None = None
+    indent = ""
+    found = False
+    for number, line in enumerate(lines, 1):
+        marker = line.strip()
+        if region is None:
+            if marker in BEGIN_MARKERS:
+                region, indent, found = [], line[:len(line) - len(line.lstrip())], True
+            elif marker in END_MARKERS:
+                raise ValueError(f"line {number}: {marker!r} without a BEGIN SOLUTION before it")
+            else:
+                out.append(line)
+        elif marker in END_MARKERS:
+            # names assigned inside an indented region are a function's locals, not what to define
+            out.extend(_stub_lines("\n".join(region) if not indent else "", task, indent))
+            region = None
+        elif marker in BEGIN_MARKERS:
+            raise ValueError(f"line {number}: a second {marker!r} before the END SOLUTION")
+        else:
+            region.append(_dedent_by(line, indent))
+    if region is not None:
+        raise ValueError(f"{BEGIN!r} without its {END!r}")
+    if not found:
+        return "\n".join(_stub_lines(source, task, ""))
+    return "\n".join(out)
+
+
+def _dedent_by(line: str, indent: str) -> str:
+    return line[len(indent):] if line.startswith(indent) else line.lstrip()
+
+
+def strip_hidden_tests(source: str) -> str:
+    """A check cell's ``source`` without its ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS``
+    regions (markers included): the tests that stay with the teacher, as nbgrader does."""
+    lines, out, hidden = source.splitlines(), [], False
+    for number, line in enumerate(lines, 1):
+        marker = line.strip()
+        if marker == BEGIN_HIDDEN:
+            if hidden:
+                raise ValueError(f"line {number}: a second {BEGIN_HIDDEN!r} before {END_HIDDEN!r}")
+            hidden = True
+        elif marker == END_HIDDEN:
+            if not hidden:
+                raise ValueError(f"line {number}: {END_HIDDEN!r} without {BEGIN_HIDDEN!r} before it")
+            hidden = False
+        elif not hidden:
+            out.append(line)
+    if hidden:
+        raise ValueError(f"{BEGIN_HIDDEN!r} without its {END_HIDDEN!r}")
+    return "\n".join(out)
 
 
 def _stub_lines(solution: str, task: str, indent: str) -> list[str]:
@@ -148,15 +409,85 @@ def student_version(nb: Any) -> tuple[Any, int]:
             cell.metadata.pop("execution", None)
             cell.metadata.pop("papermill", None)
             if SOLUTION in tags:
-                cell.source = stub(cell.source, _task_text(student.cells, index))
+                try:
+                    cell.source = stub(cell.source, _task_text(student.cells, index))
+                except ValueError as err:
+                    raise ValueError(f"solution cell {index}: {err}") from None
                 cell.metadata["tags"] = [EXERCISE if t == SOLUTION else t for t in tags]
                 exercises += 1
+            elif CHECK in tags:
+                try:
+                    cell.source = strip_hidden_tests(cell.source)
+                except ValueError as err:
+                    raise ValueError(f"check cell {index}: {err}") from None
         elif SOLUTION in tags:
             raise ValueError(f"cell {index} is a {cell.cell_type} cell tagged {SOLUTION!r}; "
                              f"only code cells can be solutions")
     student.metadata.pop("widgets", None)  # saved widget state is output too
     student.metadata.pop("papermill", None)
     return student, exercises
+
+
+# --------------------------------------------------------------------------------------------
+# nbgrader metadata
+# --------------------------------------------------------------------------------------------
+
+NBGRADER_SCHEMA = 3
+
+
+def nbgrader_metadata(cells: Sequence[Any]) -> list[dict | None]:
+    """The nbgrader cell metadata each cell of a notebook should carry, from its tags.
+
+    A ``solution`` cell is an autograded answer (``solution: true``, unlocked); a ``check`` cell is
+    an autograder test (``grade: true``, ``locked``, 1 point unless the cell already says more);
+    other cells get ``None`` (no nbgrader metadata). ``grade_id``s follow the exercises' order:
+    ``exercise3`` for the third solution cell and ``exercise3-check`` (``-check2``, ...) for the
+    check cells after it, so nbgrader can match submissions to the source notebook.
+    """
+    wanted: list[dict | None] = []
+    exercise, checks = 0, 0
+    for cell in cells:
+        tags = _tags(cell)
+        old = cell.get("metadata", {}).get("nbgrader", {})
+        if SOLUTION in tags and cell.get("cell_type") == "code":
+            exercise, checks = exercise + 1, 0
+            wanted.append({"grade": False, "grade_id": f"exercise{exercise}", "locked": False,
+                           "schema_version": NBGRADER_SCHEMA, "solution": True, "task": False})
+        elif CHECK in tags and cell.get("cell_type") == "code":
+            checks += 1
+            points = old.get("points") if isinstance(old.get("points"), (int, float)) else 1
+            suffix = "-check" if checks == 1 else f"-check{checks}"
+            wanted.append({"grade": True, "grade_id": f"exercise{exercise}{suffix}", "locked": True,
+                           "points": points if points > 0 else 1, "schema_version": NBGRADER_SCHEMA,
+                           "solution": False, "task": False})
+        else:
+            wanted.append(None)
+    return wanted
+
+
+def stamp_notebook(path: Path, *, write: bool = True) -> bool:
+    """Give ``path``'s solution and check cells nbgrader's metadata (and take it off other cells).
+
+    Reads and writes the notebook as plain JSON (the repository's layout: one-space indent, a
+    trailing newline), so nothing but the metadata changes. Returns whether anything changed
+    (with ``write=False``: whether something *would*).
+    """
+    import json
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    changed = False
+    for cell, wanted in zip(nb["cells"], nbgrader_metadata(nb["cells"])):
+        meta = cell.setdefault("metadata", {})
+        if wanted is None:
+            if "nbgrader" in meta:
+                del meta["nbgrader"]
+                changed = True
+        elif meta.get("nbgrader") != wanted:
+            meta["nbgrader"] = wanted
+            changed = True
+    if changed and write:
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return changed
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +549,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="by path, file name, stem or number (default: every NN_*.ipynb)")
     student.add_argument("--notebooks-dir", type=Path, default=None,
                          help="where NN_*.ipynb live (default: notebooks/ in the repository)")
+    stamp_ = commands.add_parser(
+        "stamp", help="write nbgrader's cell metadata from the solution/check tags",
+        description="Give every solution cell nbgrader's 'autograded answer' metadata and every "
+                    "check cell its 'autograder tests' metadata (locked, points), so the notebooks "
+                    "are nbgrader source notebooks. Only the cells' metadata changes.")
+    stamp_.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                        help="by path, file name, stem or number (default: every NN_*.ipynb)")
+    stamp_.add_argument("--check", action="store_true",
+                        help="change nothing; exit 1 when a notebook is not stamped")
+    stamp_.add_argument("--notebooks-dir", type=Path, default=None,
+                        help="where NN_*.ipynb live (default: notebooks/ in the repository)")
     return parser
 
 
@@ -231,6 +573,18 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     folder = (args.notebooks_dir or repo_root() / "notebooks").resolve()
+    if args.command == "stamp":
+        try:
+            paths = _notebooks(args.notebooks, folder)
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        stale = [path for path in paths if stamp_notebook(path, write=not args.check)]
+        for path in stale:
+            print(f"{path.name}: {'not stamped' if args.check else 'stamped'}")
+        print(f"{len(stale)} of {len(paths)} notebooks {'need' if args.check else 'got'} "
+              f"nbgrader metadata")
+        return 1 if args.check and stale else 0
     try:
         written = write_student_versions(args.out, _notebooks(args.notebooks, folder))
     except UsageError as err:

@@ -153,3 +153,156 @@ def test_show_source_gives_the_real_code_of_a_helper():
 
     code = show_source(metrics.backward_transfer)
     assert code.data.startswith("def backward_transfer(") and "return" in code.data
+
+
+# --------------------------------------------------------------------------------------------
+# the checks exercises call
+# --------------------------------------------------------------------------------------------
+
+def test_check_value_compares_numbers_arrays_and_tensors_without_naming_the_reference(capsys):
+    import numpy as np
+    import torch
+
+    classroom.check_value(np.float32(2.5), torch.tensor(2.5), hint="h", success="well done")
+    classroom.check_value({"a": [1.0, 2.0]}, {"a": np.array([1.0, 2.0])}, hint="h")
+    assert capsys.readouterr().out == "Correct: well done\nCorrect.\n"
+    secret = 123.456789
+    cases = [(secret + 1, "the value is not the expected one"),
+             (np.zeros(3), "has shape (3,), expected shape ()"),
+             ("text", "differs"), ({"a": 1}, "expected a number"), (object(), "expected a number")]
+    for answer, why in cases:
+        with pytest.raises(classroom.CheckFailed) as failed:
+            classroom.check_value(answer, secret, hint="exponentiate the loss")
+        assert str(failed.value).startswith("Not yet: exponentiate the loss") and why in str(failed.value)
+        assert "123.4" not in str(failed.value)
+    with pytest.raises(classroom.CheckFailed, match="2 of 4 entries differ"):
+        classroom.check_value(torch.tensor([1, 0, 0, 1]), torch.tensor([1, 1, 1, 1]), hint="h")
+    with pytest.raises(classroom.CheckFailed, match="expected booleans"):
+        classroom.check_value(np.ones(2), np.ones(2, dtype=bool), hint="h")
+    with pytest.raises(classroom.CheckFailed, match="missing"):
+        classroom.check_value({"a": 1}, {"a": 1, "b": 2}, hint="h")
+    for stub in (None, ...):  # the scaffolding's value: "not done", a NotImplementedError
+        with pytest.raises(classroom.ExerciseNotDone, match="not done yet"):
+            classroom.check_value(stub, 1.0, hint="h")
+    assert issubclass(classroom.ExerciseNotDone, NotImplementedError)
+
+
+def test_check_function_runs_both_on_each_case_and_names_the_failing_case(capsys):
+    import torch
+
+    def reference(n):
+        return torch.ones(n, n, dtype=torch.bool).tril()
+
+    def right(n):
+        return torch.arange(n)[:, None] >= torch.arange(n)[None, :]
+
+    classroom.check_function(right, reference, [1, 2, 5], hint="h")
+    assert "agrees with the workbook's implementation on 3 cases" in capsys.readouterr().out
+    with pytest.raises(classroom.CheckFailed, match=r"case 2 of 3: 2 of 4 entries differ"):
+        classroom.check_function(lambda n: torch.ones(n, n, dtype=torch.bool).triu(), reference,
+                                 [1, 2, 5], hint="row i sees columns 0..i")
+    with pytest.raises(classroom.CheckFailed, match="raised ZeroDivisionError"):
+        classroom.check_function(lambda n: 1 / 0, reference, [1], hint="h")
+
+    def stubbed(n):
+        raise NotImplementedError("Exercise 2.1: write the mask")
+
+    with pytest.raises(NotImplementedError, match="Exercise 2.1"):
+        classroom.check_function(stubbed, reference, [1], hint="h")
+    with pytest.raises(classroom.ExerciseNotDone):
+        classroom.check_function(None, reference, [1], hint="h")
+
+    # cases drawn from a seed; keyword cases; each function gets its own copy of the inputs
+    def normalise_in_place(x):
+        x /= x.sum()
+        return x
+
+    classroom.check_function(normalise_in_place, lambda x: x / x.sum(),
+                             lambda rng: (rng.random(4) + 0.1,), n_cases=3, hint="h")
+    classroom.check_function(lambda a, b: a - b, lambda a, b: a - b, [{"a": 3, "b": 1}], hint="h")
+    with pytest.raises(ValueError, match="at least one case"):
+        classroom.check_function(right, reference, [], hint="h")
+
+
+def test_show_prediction_puts_the_prediction_beside_the_measurement(capsys):
+    import numpy as np
+
+    row = classroom.show_prediction("speed-up", 2, np.float64(3.0), unit="x")
+    assert row["difference"] == 1.0 and row["ratio"] == 1.5
+    assert "you predicted 2 x, measured 3 x" in capsys.readouterr().out
+    assert classroom.show_prediction("winner", "LoRA", "LoRA")["matched"] is True
+    assert classroom.show_prediction("forgets", True, False)["matched"] is False
+    for stub in (None, ...):
+        with pytest.raises(classroom.ExerciseNotDone, match="record your prediction for 'speed-up'"):
+            classroom.show_prediction("speed-up", stub, 3.0)
+
+
+# --------------------------------------------------------------------------------------------
+# nbgrader's markers and metadata
+# --------------------------------------------------------------------------------------------
+
+def test_nbgrader_markers_stub_each_region_and_keep_the_scaffolding():
+    source = ("import math\nppl = None\n### BEGIN SOLUTION\nppl = math.exp(2.0)\n### END SOLUTION\n"
+              "def mask(n):\n    '''docstring stays'''\n    ### BEGIN SOLUTION\n    m = n + 1\n"
+              "    return m\n    ### END SOLUTION\nprint('done')")
+    out = classroom.stub(source, "Exercise 2.1 (implement): two answers")
+    assert "math.exp" not in out and "n + 1" not in out and "return m" not in out
+    assert out.startswith("import math\nppl = None\n# YOUR CODE HERE\nraise NotImplementedError(")
+    assert "(define ppl)" in out and "(define m)" not in out  # a function's locals are not named
+    assert "def mask(n):\n    '''docstring stays'''\n    # YOUR CODE HERE\n    raise Not" in out
+    assert out.endswith("print('done')")
+    for broken, why in [("### BEGIN SOLUTION\nx = 1", "without its"),
+                        ("x = 1\n### END SOLUTION", "without a BEGIN"),
+                        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "second")]:
+        with pytest.raises(ValueError, match=why):
+            classroom.stub(broken, "t")
+
+
+def test_hidden_tests_leave_the_student_version():
+    nb = new_notebook(cells=[
+        _cell("**Exercise 1.1 (implement)** — set x", markdown=True),
+        _cell("x = None\n### BEGIN SOLUTION\nx = 2\n### END SOLUTION", "solution"),
+        _cell("check_value(x, reference(), hint='h')\n### BEGIN HIDDEN TESTS\nassert x == 2\n"
+              "### END HIDDEN TESTS\nprint('visible')", "check")])
+    student, n = classroom.student_version(nb)
+    assert n == 1
+    assert student.cells[2].source == "check_value(x, reference(), hint='h')\nprint('visible')"
+    assert "Exercise 1.1 (implement) — set x (define x)" in student.cells[1].source
+    assert student.cells[1].source.startswith("x = None\n# YOUR CODE HERE\n")
+    nb.cells[2].source = "### BEGIN HIDDEN TESTS\nassert x == 2"
+    with pytest.raises(ValueError, match="check cell 2: .*without its"):
+        classroom.student_version(nb)
+
+
+def test_stamp_writes_nbgrader_metadata_from_the_tags_and_nothing_else(tmp_path, capsys):
+    course = tmp_path / "notebooks"
+    course.mkdir()
+    path = tiny_course(course / "01_tiny.ipynb")
+    nb = json.loads(path.read_text())
+    nb["cells"][2]["metadata"]["nbgrader"] = {"grade": True}  # stale metadata on a plain cell
+    nb["cells"].insert(6, nb["cells"][5])  # a second check cell for exercise 1
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    before = json.loads(path.read_text())
+    base = ["--notebooks-dir", str(course)]
+
+    assert classroom.main(["stamp", "--check", *base]) == 1
+    assert "01_tiny.ipynb: not stamped" in capsys.readouterr().out
+    assert json.loads(path.read_text()) == before
+    assert classroom.main(["stamp", *base]) == 0
+    after = json.loads(path.read_text())
+    grading = [(c["metadata"].get("tags"), c["metadata"].get("nbgrader")) for c in after["cells"]]
+    stamped = [(t, g["grade_id"], g["solution"], g["grade"], g["locked"], g.get("points"))
+               for t, g in grading if g]
+    assert stamped == [(["solution"], "exercise1", True, False, False, None),
+                       (["check"], "exercise1-check", False, True, True, 1),
+                       (["check"], "exercise1-check2", False, True, True, 1),
+                       (["solution"], "exercise2", True, False, False, None),
+                       (["check"], "exercise2-check", False, True, True, 1)]
+    assert all(g["schema_version"] == 3 for _, g in grading if g)
+    for old, new in zip(before["cells"], after["cells"]):  # only the metadata changed
+        assert {k: v for k, v in old.items() if k != "metadata"} == \
+               {k: v for k, v in new.items() if k != "metadata"}
+    assert path.read_text().endswith("}\n")
+    assert classroom.main(["stamp", "--check", *base]) == 0  # idempotent
+    assert classroom.main(["stamp", "99", *base]) == 2
+
