@@ -55,7 +55,7 @@ class Knob:
 # The allowed method names, defined here once; the modules that implement them read them from KNOBS.
 _FINETUNING = ("scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr", "gradual_unfreezing",
                "full_ft_high_lr")
-_FORGETTING = ("naive", "naive_high_lr", "lower_lr", "freeze_lower", "l2sp", "ewc", "replay", "lwf")
+_FORGETTING = ("naive", "naive_high_lr", "lower_lr", "freeze_lower", "l2sp", "ewc", "replay", "lwf", "multitask")
 _IMBALANCE = ("plain", "oversample", "undersample", "class_weighted", "focal", "minority_augment", "logit_adjust")
 
 KNOBS: dict[str, Knob] = {
@@ -150,6 +150,8 @@ KNOBS: dict[str, Knob] = {
     "l2sp_strength": Knob(float, "L2-SP: pull toward the pretrained weights", low=0.0, high=1e6),
     "ewc_strength": Knob(float, "EWC: Fisher-weighted pull (Fisher rescaled to mean 1)", low=0.0, high=1e6),
     "lwf_strength": Knob(float, "LwF: weight of the distillation term", low=0.0, high=1e6),
+    "multitask_ratio": Knob(float, "multi-task: weight of the source task's loss at each step, relative to the "
+                            "target's (one batch of each per step)", low=0.0, high=1e3),
     "specialise_steps": Knob(int, "steps of language-model fine-tuning on Python source", low=1, high=1_000_000),
     "specialise_batch_size": Knob(int, "token blocks per step of that fine-tuning", low=1, high=65_536),
     "stream_tasks": Knob(int, "the stream of tasks: the digit classes of each task, in order", low=0, high=9,
@@ -189,7 +191,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "cure_lr_factor": 0.3, "capacity_widths": [2, 4], "cv_folds": 3, "single_splits": 4,
               "forgetting_methods": list(_FORGETTING), "stream_methods": ["naive", "ewc", "lwf", "replay"],
               "forgetting_budget": 5, "stream_steps": 3, "replay_fraction": 0.05, "l2sp_strength": 1.0,
-              "ewc_strength": 1.0, "lwf_strength": 1.0, "specialise_steps": 2, "specialise_batch_size": 4,
+              "ewc_strength": 1.0, "lwf_strength": 1.0, "multitask_ratio": 1.0, "specialise_steps": 2, "specialise_batch_size": 4,
               "eval_blocks": 128, "compare_budget": 10, "convergence_budget": 30, "shift_budget": 30,
               "glyph_classes": 10, "glyphs_per_class": 20,
               "text_chars": 20_000, "vocab_size": 300, "seq_len": 32, "epochs": 1,
@@ -210,7 +212,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "cure_lr_factor": 0.3, "capacity_widths": [2, 4, 8, 16], "cv_folds": 5, "single_splits": 20,
               "forgetting_methods": list(_FORGETTING), "stream_methods": ["naive", "ewc", "lwf", "replay"],
               "forgetting_budget": 100, "stream_steps": 25, "replay_fraction": 0.05, "l2sp_strength": 1.0,
-              "ewc_strength": 1.0, "lwf_strength": 1.0, "specialise_steps": 30, "specialise_batch_size": 8,
+              "ewc_strength": 1.0, "lwf_strength": 1.0, "multitask_ratio": 1.0, "specialise_steps": 30, "specialise_batch_size": 8,
               "eval_blocks": 128, "compare_budget": 10, "convergence_budget": 30, "shift_budget": 30,
               "glyph_classes": 40, "glyphs_per_class": 500,
               "text_chars": 2_000_000, "vocab_size": 2_000, "seq_len": 128, "epochs": 4,
@@ -233,7 +235,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "forgetting_methods": list(_FORGETTING),
              "stream_methods": ["naive", "lower_lr", "l2sp", "ewc", "lwf", "replay"],
              "forgetting_budget": 300, "stream_steps": 200, "replay_fraction": 0.05, "l2sp_strength": 1.0,
-             "ewc_strength": 1.0, "lwf_strength": 1.0, "specialise_steps": 300, "specialise_batch_size": 32,
+             "ewc_strength": 1.0, "lwf_strength": 1.0, "multitask_ratio": 1.0, "specialise_steps": 300, "specialise_batch_size": 32,
              "eval_blocks": 512, "compare_budget": 10, "convergence_budget": 30, "shift_budget": 30,
              "glyph_classes": 80, "glyphs_per_class": 5_000,
              "text_chars": 20_000_000, "vocab_size": 8_000, "seq_len": 256, "epochs": 20,

@@ -106,7 +106,8 @@ def run_options(params: Mapping[str, Any], num_classes: int, device: torch.devic
     return dict(num_classes=num_classes, lr=params["lr"], batch_size=params["finetune_batch_size"],
                 weight_decay=params["weight_decay"], bf16=params["bf16"], device=device,
                 l2sp_strength=params["l2sp_strength"], ewc_strength=params["ewc_strength"],
-                lwf_strength=params["lwf_strength"], replay_fraction=params["replay_fraction"])
+                lwf_strength=params["lwf_strength"], replay_fraction=params["replay_fraction"],
+                multitask_ratio=params["multitask_ratio"])
 
 
 def plane_runs(methods: Sequence[str], pretrained: SmallResNet, task: TargetTask, *, seeds: Sequence[int],
@@ -184,6 +185,26 @@ def lr_frontier(plane: pd.DataFrame, points: int = 201) -> tuple[np.ndarray, lis
         return None
     xs = np.linspace(0, 1, points)
     return xs, [-frontier_margin(x, 0.0, baselines) for x in xs]
+
+
+def plane_figure(plane: pd.DataFrame, source_before: float, *, title: str,
+                 point: Mapping[str, float] | None = None, point_label: str = "this run") -> Any:
+    """The learning-vs-forgetting plane of :func:`plane_table` with its learning-rate frontier (the
+    digits-vs-glyphs axes of notebook 05), and optionally one more ``point`` (``target_acc``,
+    ``source_acc``: one run of :func:`plane_runs`) drawn as a star -- what the widget adds."""
+    from .plots import learning_vs_forgetting
+
+    fig = learning_vs_forgetting(plane, source_before=source_before, frontier=lr_frontier(plane),
+                                 baselines=lr_baselines(plane), title=title,
+                                 xlabel="target accuracy (digits, new head)",
+                                 ylabel="retained source accuracy (glyphs, old head)")
+    if point is not None:
+        ax = fig.axes[0]
+        ax.plot(point["target_acc"], point["source_acc"], marker="*", markersize=16, color="crimson", ls="none",
+                label=point_label)
+        ax.set_xlim(min(ax.get_xlim()[0], point["target_acc"] - 0.05), 1.0)
+        ax.legend(fontsize=7, loc="lower left")
+    return fig
 
 
 def per_class(data: Labelled, count: int, seed: int) -> Labelled:

@@ -15,6 +15,9 @@ the allowed names are the ``forgetting_methods`` (and ``stream_methods``) knob's
 ``replay``         ``penalties=[Replay(...)]``: rehearse a small memory of source examples
 ``lwf``            ``loss_fn=LwF(...)``: Learning without Forgetting, distil the old head's
                    answers on the *new* images (no source data needed)
+``multitask``      train both tasks jointly: every step adds the source task's loss on a batch of
+                   *all* its data, through its own (trainable) head -- the upper bound a continual
+                   method is judged against (:mod:`helpers.multitask`)
 =================  ===============================================================================
 
 :func:`mitigation` turns a method name into those options; :func:`finetune_remembering` fine-tunes
@@ -224,7 +227,7 @@ class LwF:
 def mitigation(method: str, model: SmallResNet, reference: SmallResNet, *, lr: float, weight_decay: float,
                batch_size: int, seed: int, source: tuple[torch.Tensor, torch.Tensor] | None = None,
                old_head: nn.Module | None = None, l2sp_strength: float = 1.0, ewc_strength: float = 1.0,
-               lwf_strength: float = 1.0, replay_fraction: float = 0.02,
+               lwf_strength: float = 1.0, replay_fraction: float = 0.02, multitask_ratio: float = 1.0,
                fisher: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """The keyword arguments of :func:`helpers.train.train` that turn fine-tuning into ``method``.
 
@@ -237,7 +240,8 @@ def mitigation(method: str, model: SmallResNet, reference: SmallResNet, *, lr: f
       (forgetting of pretraining), or ``None`` when old and new tasks share ``model.head`` (a stream
       of tasks; then the head is pulled toward its old weights too);
     * ``source``: old-task training data (EWC estimates its Fisher there unless ``fisher`` is
-      given; replay draws ``replay_fraction`` of it as its memory).
+      given; replay draws ``replay_fraction`` of it as its memory; multitask trains on all of it,
+      through ``old_head``, which it makes trainable, at ``multitask_ratio`` of the target's loss).
     """
     check_knob("forgetting_methods", [method])
     skip = ("head.",) if old_head is not None else ()
@@ -263,6 +267,13 @@ def mitigation(method: str, model: SmallResNet, reference: SmallResNet, *, lr: f
         options["penalties"] = [Replay(memory, batch_size, head=old_head, seed=seed)]
     elif method == "lwf":
         options["loss_fn"] = LwF(reference, old_head, lwf_strength)
+    elif method == "multitask":
+        from .multitask import joint_options
+
+        if source is None:
+            raise ValueError("method 'multitask' needs old-task data to train on jointly")
+        return {**options, **joint_options(model, old_head, source, ratio=multitask_ratio, lr=lr,
+                                           weight_decay=weight_decay, batch_size=batch_size, seed=seed)}
     options["param_groups"] = default_param_groups(model, options["lr"], weight_decay)
     return options
 
@@ -274,10 +285,10 @@ def finetune_remembering(method: str, pretrained: SmallResNet, data: tuple[torch
                          **strengths: Any) -> tuple[SmallResNet, nn.Module, History]:
     """Fine-tune a copy of ``pretrained`` on ``data`` with a new head, by ``method``.
 
-    Returns the fine-tuned model, the *old* head (a frozen copy of ``pretrained.head``: score the
-    pretraining task with ``with_head(model, old_head)``) and the history. ``strengths`` are
-    passed to :func:`mitigation` (``l2sp_strength``, ``ewc_strength``, ``lwf_strength``,
-    ``replay_fraction``, ``fisher``).
+    Returns the fine-tuned model, the *old* head (a frozen copy of ``pretrained.head``, trained
+    alongside only by ``multitask``: score the pretraining task with ``with_head(model, old_head)``)
+    and the history. ``strengths`` are passed to :func:`mitigation` (``l2sp_strength``,
+    ``ewc_strength``, ``lwf_strength``, ``replay_fraction``, ``multitask_ratio``, ``fisher``).
     """
     old_head = copy.deepcopy(pretrained.head).to(device)
     set_trainable(old_head, False)
@@ -288,4 +299,5 @@ def finetune_remembering(method: str, pretrained: SmallResNet, data: tuple[torch
     history = train(model, data, epochs=epochs, batch_size=batch, seed=seed, bf16=bf16, device=device,
                     weight_decay=weight_decay, progress=False, **options)
     set_trainable(model, True)
+    set_trainable(old_head, False)
     return model, old_head, history
