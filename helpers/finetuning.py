@@ -60,6 +60,29 @@ def discriminative_param_groups(model: SmallResNet, lr: float, weight_decay: flo
     return groups
 
 
+def learning_rates(model: nn.Module, groups: list[dict[str, Any]]) -> dict[str, float]:
+    """The learning rate each named parameter of ``model`` gets from optimizer ``groups``.
+
+    Two sets of groups that give every parameter the same rate train the same way, however the
+    parameters are grouped (per layer, per stage, with or without a weight-decay split); this is
+    what compares them. A parameter in no group is left out (it does not train); one in two groups
+    is an error, as it is for ``torch.optim``.
+    """
+    names = {id(p): name for name, p in model.named_parameters()}
+    rates: dict[str, float] = {}
+    for index, group in enumerate(groups):
+        if "lr" not in group:
+            raise ValueError(f"optimizer group {index} has no 'lr': each group needs its learning rate")
+        for param in group["params"]:
+            if id(param) not in names:
+                raise ValueError(f"optimizer group {index} holds a parameter that is not the model's")
+            name = names[id(param)]
+            if name in rates:
+                raise ValueError(f"parameter {name!r} is in two optimizer groups")
+            rates[name] = float(group["lr"])
+    return rates
+
+
 class GradualUnfreezing:
     """An ``on_epoch_end`` hook: start with only the head trainable, unfreeze one unit per phase."""
 

@@ -197,13 +197,29 @@ def focal_loss(gamma: float = FOCAL_GAMMA, weights: torch.Tensor | None = None) 
 
 # --- post-hoc logit adjustment --------------------------------------------------------------------
 
+def adjust_logits(logits: torch.Tensor, train_counts: Sequence[float] | torch.Tensor,
+                  tau: float = 1.0) -> torch.Tensor:
+    """Post-hoc logit adjustment of a batch of ``logits`` ``[N, K]``: subtract ``tau * log(prior)``.
+
+    The prior is the training set's class distribution, ``train_counts / sum(train_counts)``. A
+    rare class has a very negative log-prior, so subtracting it *raises* that class's logits: the
+    decision threshold moves towards the tail. This is what :class:`LogitAdjusted` does to a model.
+    """
+    counts = torch.as_tensor(train_counts, dtype=torch.float32, device=logits.device)
+    if counts.ndim != 1 or counts.numel() != logits.shape[-1]:
+        raise ValueError(f"train_counts has shape {tuple(counts.shape)}: expected one count per class "
+                         f"({logits.shape[-1]}, the logits' last dimension)")
+    return logits - tau * torch.log((counts / counts.sum()).clamp_min(1e-12))
+
+
 class LogitAdjusted(nn.Module):
     """``model``'s logits minus ``tau * log(prior)``: post-hoc logit adjustment (threshold moving).
 
     A model trained on long-tailed data has learned the training prior ``p(y)`` into its logits;
     subtracting ``log p(y)`` turns its scores into ones suited to a *balanced* test distribution
     (Menon et al. 2021). It needs no retraining: the same weights, a different decision threshold
-    per class. Works with :func:`helpers.metrics.predict` and :func:`helpers.train.evaluate`.
+    per class (:func:`adjust_logits` on every batch). Works with :func:`helpers.metrics.predict`
+    and :func:`helpers.train.evaluate`.
     """
 
     def __init__(self, model: nn.Module, prior: torch.Tensor, tau: float = 1.0):
@@ -324,3 +340,29 @@ def rebalancing_grid(task, pretrained: nn.Module, runs: Sequence[tuple[str, floa
                      "train_size": train_size,
                      **imbalance_metrics(task.test[1], predictions, counts)})
     return pd.DataFrame(rows)
+
+
+def recall_figure(recall: Sequence[float], train_counts: Sequence[float], acc_as_trained: float,
+                  balanced_acc: float, title: str = ""):
+    """One model on a long tail in one picture: each class's test recall over its training count.
+
+    Bars: recall per class (head on the left); under each bar, the number of training examples it
+    had. Two lines: the accuracy one would report on data distributed like the training set, and
+    balanced accuracy. When the two lines agree the tail is fine; when the first stays high while
+    the right-hand bars collapse, plain accuracy is hiding failed classes.
+    """
+    import matplotlib.pyplot as plt
+
+    recall, counts = np.asarray(recall, dtype=float), np.asarray(train_counts, dtype=float)
+    if recall.shape != counts.shape:
+        raise ValueError(f"recall has {recall.size} classes but train_counts {counts.size}")
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    colours = plt.cm.viridis(np.log(counts) / max(np.log(counts.max()), 1e-9) * 0.85)
+    ax.bar(range(len(recall)), recall, color=colours)
+    ax.axhline(acc_as_trained, color="tab:red", ls="--", label=f"accuracy as trained {acc_as_trained:.2f}")
+    ax.axhline(balanced_acc, color="black", ls=":", label=f"balanced accuracy {balanced_acc:.2f}")
+    ax.set_xticks(range(len(recall)), [f"{c}\n({n:.0f})" for c, n in enumerate(counts)])
+    ax.set(ylim=(0, 1.05), ylabel="test recall", xlabel="class (training examples)", title=title)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -143,3 +143,25 @@ def test_logit_adjust_reuses_the_plain_model():
                                          steps=1, lr=1e-3, batch_size=4, seed=0, plain_model=plain)
     assert wrapped.model is plain
     assert wrapped.offset.tolist() == pytest.approx([math.log(8 / 12), math.log(2 / 12), math.log(2 / 12)])
+
+
+def test_adjust_logits_is_what_the_wrapped_model_does():
+    logits, counts = torch.randn(5, 4), torch.tensor([100.0, 30.0, 5.0, 1.0])
+    wrapped = imbalance.LogitAdjusted(torch.nn.Identity(), counts, tau=0.7)
+    assert torch.allclose(imbalance.adjust_logits(logits, counts, tau=0.7), wrapped(logits))
+    assert torch.equal(imbalance.adjust_logits(logits, [1, 1, 1, 1]).argmax(-1), logits.argmax(-1))  # balanced: no change
+    with pytest.raises(ValueError, match="one count per class"):
+        imbalance.adjust_logits(logits, counts[:3])
+
+
+def test_recall_figure_draws_a_bar_per_class_and_both_accuracies():
+    import matplotlib.pyplot as plt
+
+    counts = imbalance.long_tail_counts(10, 100, 50)
+    fig = imbalance.recall_figure([0.9] * 7 + [0.1] * 3, counts, 0.88, 0.66, title="ratio 50")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 10 and len(ax.get_lines()) == 2
+    assert "(100)" in ax.get_xticklabels()[0].get_text()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="10 classes but train_counts 9"):
+        imbalance.recall_figure([0.5] * 10, counts[:9], 0.5, 0.5)

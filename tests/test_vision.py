@@ -205,3 +205,18 @@ def test_in_vs_shifted_figure_draws_a_pair_of_bars_per_method():
     assert len(ax.patches) == 4 and [t.get_text() for t in ax.get_xticklabels()] == ["full_ft", "scratch"]
     assert ax.patches[2].get_height() == pytest.approx(0.3)  # full_ft's shifted accuracy
     plt.close(fig)
+
+
+def test_learning_rates_name_each_parameters_rate_however_grouped():
+    model = SmallResNet(10, width=4)
+    groups = finetuning.discriminative_param_groups(model, lr=1.0, weight_decay=0.1)
+    rates = finetuning.learning_rates(model, groups)
+    assert set(rates) == {name for name, _ in model.named_parameters()}
+    assert rates["head.weight"] == rates["head.bias"] == 1.0
+    assert min(rates.values()) == pytest.approx(finetuning.DISCRIMINATIVE_DECAY ** -(len(finetuning.units_top_down(model)) - 1))
+    per_param = [{"params": [p], "lr": rates[n]} for n, p in model.named_parameters()]  # other grouping
+    assert finetuning.learning_rates(model, per_param) == rates
+    with pytest.raises(ValueError, match="in two optimizer groups"):
+        finetuning.learning_rates(model, groups + groups[:1])
+    with pytest.raises(ValueError, match="no 'lr'"):
+        finetuning.learning_rates(model, [{"params": list(model.parameters())}])
