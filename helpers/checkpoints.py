@@ -9,7 +9,8 @@ holding the artefact files and a ``manifest.json`` with that config and the sha2
 * Loads are verified: a missing file, a changed byte or a config that does not match raises
   :class:`CorruptArtifact`; :func:`cached` and :func:`load_or_train` then rebuild instead of using it.
 * Builds are locked: two processes that need the same missing artefact (two notebooks run in
-  parallel by ``python -m helpers.run --jobs 2``) do not both build it. The first holds
+  parallel by ``python -m helpers.run --jobs 2``, or by Dask workers on several machines sharing
+  the store) do not both build it. The first holds
   ``<store>/.locks/<kind>/<hash>.lock`` while it builds; the second waits, then loads what the
   first made (see :func:`build_lock`, :func:`load_or_build`).
 
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -36,7 +38,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock; builds are then not serialised across processes
+except ImportError:  # Windows: no POSIX locks; builds are then not serialised across processes
     fcntl = None  # type: ignore[assignment]
 
 MANIFEST = "manifest.json"
@@ -151,6 +153,25 @@ def verify(kind: str, config: Mapping[str, Any]) -> Path:
     return folder
 
 
+class _ProcessLocks:
+    """The threads of one process taking turns on a lock file: POSIX record locks belong to the
+    process (a second ``lockf`` from another thread would succeed, and closing any descriptor of
+    the file drops the lock), so threads queue on an ``RLock`` per path and the outermost holder
+    owns the one open descriptor."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.RLock] = {}
+        self.depth: dict[str, int] = {}
+
+    def get(self, path: Path) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(str(path), threading.RLock())
+
+
+_PROCESS_LOCKS = _ProcessLocks()
+
+
 @contextlib.contextmanager
 def build_lock(kind: str, config: Mapping[str, Any], *, verbose: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``<store>/.locks/<kind>/<hash>.lock`` for the duration of the block.
@@ -158,35 +179,52 @@ def build_lock(kind: str, config: Mapping[str, Any], *, verbose: bool = True) ->
     Whoever builds an artefact holds its lock; a second process asking for the same artefact waits
     here (saying so when ``verbose``) and, once it has the lock, should look again before building:
     :func:`cached` and :func:`load_or_train` do exactly that, so the artefact is built once and the
-    waiter loads it. The lock is ``fcntl.flock``: released when the block ends or the process dies
-    (a killed build never leaves a stale lock). The small lock file stays (deleting it would race),
-    outside ``<store>/<kind>/`` so that folder holds artefacts only. Where flock is unavailable
-    (Windows, some network file systems) the block runs unlocked.
+    waiter loads it.
+
+    The lock is a POSIX record lock (``fcntl.lockf``), the kind network file systems implement
+    (NFS through its lock manager, Lustre, GPFS, CephFS), so it holds between processes on different
+    machines sharing the store (Dask workers on a cluster) as well as on one machine. It is released
+    when the block ends or the process dies (a killed build never leaves a stale lock); threads of
+    one process take turns before it (:class:`_ProcessLocks`). The small lock file stays (deleting
+    it would race), outside ``<store>/<kind>/`` so that folder holds artefacts only. Where locks are
+    unavailable (Windows, a file system mounted without locking) the block runs unlocked, with a
+    warning.
     """
     path = store_root() / ".locks" / kind / f"{config_hash(config)}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        locked = False
-        if fcntl is not None:
+    key = str(path)
+    with _PROCESS_LOCKS.get(path):
+        if _PROCESS_LOCKS.depth.get(key):  # this thread holds it already (a nested build)
+            _PROCESS_LOCKS.depth[key] += 1
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                locked = True
-            except BlockingIOError:
-                if verbose:
-                    print(f"waiting for another process building {kind} ({config_hash(config)}) ...",
-                          flush=True)
-                waited = time.perf_counter()
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                locked = True
-                if verbose:
-                    print(f"... it finished after {time.perf_counter() - waited:.1f} s", flush=True)
-            except OSError as err:  # e.g. ENOLCK on a file system without locks
-                warnings.warn(f"cannot lock {path} ({err}); building {kind} unlocked", stacklevel=3)
-        try:
-            yield
-        finally:
-            if locked:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                yield
+            finally:
+                _PROCESS_LOCKS.depth[key] -= 1
+            return
+        with open(path, "a+b") as handle:
+            locked = False
+            if fcntl is not None:
+                try:
+                    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                except (BlockingIOError, PermissionError):  # held by another process
+                    if verbose:
+                        print(f"waiting for another process building {kind} "
+                              f"({config_hash(config)}) ...", flush=True)
+                    waited = time.perf_counter()
+                    fcntl.lockf(handle, fcntl.LOCK_EX)
+                    locked = True
+                    if verbose:
+                        print(f"... it finished after {time.perf_counter() - waited:.1f} s", flush=True)
+                except OSError as err:  # e.g. ENOLCK on a file system without locks
+                    warnings.warn(f"cannot lock {path} ({err}); building {kind} unlocked", stacklevel=3)
+            _PROCESS_LOCKS.depth[key] = 1
+            try:
+                yield
+            finally:
+                _PROCESS_LOCKS.depth[key] = 0
+                if locked:
+                    fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def _existing(kind: str, config: Mapping[str, Any], rebuilding: str | None) -> Path | None:

@@ -187,3 +187,56 @@ def test_two_processes_build_a_shared_artefact_once(store, tmp_path):
     assert (store / ".locks" / "race" / (ck.config_hash({"v": 1}) + ".lock")).exists()
     assert [p.name for p in (store / "race").iterdir()] == [ck.config_hash({"v": 1})]  # artefacts only
     ck.verify("race", {"v": 1}) and ck.verify("race-model", {"v": 1})
+
+
+def test_threads_of_one_process_build_once_and_nesting_does_not_deadlock(store):
+    """POSIX record locks belong to a process, so threads queue in front of them: two threads
+    asking for the same artefact build it once; a build may take the same lock again inside."""
+    import threading
+    import time
+
+    builds = []
+
+    def build(folder):
+        builds.append(threading.get_ident())
+        time.sleep(0.3)
+        with ck.build_lock("nested", {"v": 1}, verbose=False):  # same thread, same lock: no deadlock
+            with ck.build_lock("nested", {"v": 1}, verbose=False):
+                pass
+        ck.save_tensors(folder, {"x": torch.arange(2.0)})
+
+    threads = [threading.Thread(target=ck.cached, args=("threads", {"v": 1}, build),
+                                kwargs={"verbose": False}) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(builds) == 1
+    ck.verify("threads", {"v": 1})
+
+
+_HOLD_CHECK = r"""
+import fcntl, sys
+with open(sys.argv[1], "a+b") as handle:
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print("held")
+    else:
+        print("free")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX locks")
+def test_build_lock_is_a_posix_record_lock_other_processes_see(store):
+    """The lock is the POSIX record lock (fcntl.lockf) that NFS and cluster file systems implement,
+    so a process on another machine sharing the store sees it as another process here does."""
+    path = store / ".locks" / "posix" / (ck.config_hash({"v": 2}) + ".lock")
+
+    def probe() -> str:
+        return subprocess.run([sys.executable, "-c", _HOLD_CHECK, str(path)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip()
+
+    with ck.build_lock("posix", {"v": 2}, verbose=False):
+        assert probe() == "held"
+    assert probe() == "free"  # released when the block ends
