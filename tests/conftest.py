@@ -39,6 +39,8 @@ def _results_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "test.results.json"))
     import helpers.results as results
     monkeypatch.setattr(results, "_current", None)
+    import helpers.data.corpora as corpora  # resolve(text_corpus=...) sets the text track's corpus: undo it
+    monkeypatch.setattr(corpora, "_active_text_corpus", None)
 
 
 @pytest.fixture(scope="session")

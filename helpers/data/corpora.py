@@ -78,25 +78,48 @@ def _truncate(text: str, max_chars: int | None) -> str:
     return text[: cut + 1] if cut >= 0 else text[:max_chars]
 
 
-def _join_until(pieces: Iterable[str], max_chars: int | None) -> str:
-    """Join text pieces with blank lines, stopping once ``max_chars`` is reached (then truncate)."""
+class CorpusTooSmall(ValueError):
+    """A knob asks for more characters of text than the corpus has (raised before any training)."""
+
+
+def require_chars(available: int, max_chars: int | None, knob: str | None, what: str, hint: str) -> None:
+    """Fail when knob ``knob`` asks for ``max_chars`` characters but ``what`` has only ``available``.
+
+    ``knob=None`` (a plain call, not driven by a profile) never fails: the corpus is used whole.
+    The message names the knob, its value, the corpus and its size, and what to do (``hint``).
+    """
+    if knob is not None and max_chars is not None and available < max_chars:
+        raise CorpusTooSmall(f"parameter {knob!r}={max_chars} is not allowed: {what} has only {available:,} "
+                             f"characters; set {knob} to at most {available} or {hint}")
+
+
+def _join_until(pieces: Iterable[str], max_chars: int | None, knob: str | None = None, what: str = "the corpus",
+                hint: str = "use a larger corpus") -> str:
+    """Join text pieces with blank lines, stopping once ``max_chars`` is reached (then truncate).
+
+    If the pieces run out first, the corpus is smaller than asked: with ``knob`` given that is an
+    error (:func:`require_chars`), otherwise the whole corpus is returned.
+    """
     out, size = [], 0
     for piece in pieces:
         out.append(piece)
         size += len(piece) + 2
         if max_chars is not None and size > max_chars:
             break
+    else:
+        require_chars(len("\n\n".join(out) + "\n"), max_chars, knob, what, hint)
     return _truncate("\n\n".join(out) + "\n", max_chars)
 
 
-def general_corpus(max_chars: int | None = None, *, exclude: Collection[str] = ()) -> str:
+def general_corpus(max_chars: int | None = None, *, exclude: Collection[str] = (), knob: str | None = None) -> str:
     """English prose: the Python documentation that ships with every Python installation.
 
     First the reference-manual topics of ``pydoc_data.topics`` (what ``help("if")`` shows, about
     0.5 MB), then the docstrings of the standard-library modules, classes and functions, read with
     ``ast`` from the source files (no module is imported) -- except the docstrings in ``exclude``
     (for example a task's test texts). Deterministic; cut at a line boundary to at most
-    ``max_chars`` characters.
+    ``max_chars`` characters. With ``knob`` (e.g. ``"text_chars"``), asking for more than there is
+    raises :class:`CorpusTooSmall` naming that knob.
     """
     from pydoc_data.topics import topics
 
@@ -110,16 +133,18 @@ def general_corpus(max_chars: int | None = None, *, exclude: Collection[str] = (
             if source:
                 yield from (d for d in docstrings(source) if d not in exclude)
 
-    return _join_until(pieces(), max_chars)
+    return _join_until(pieces(), max_chars, knob, "the shipped prose corpus (Python documentation and docstrings)",
+                       "give your own, larger corpus with text_corpus=PATH")
 
 
-def specialist_corpus(max_chars: int | None = None, *, exclude_packages: Collection[str] = ()) -> str:
+def specialist_corpus(max_chars: int | None = None, *, exclude_packages: Collection[str] = (),
+                      knob: str | None = None) -> str:
     """Python source code: the standard library's ``.py`` files, whole, in a fixed order.
 
     The "specialist domain" next to :func:`general_corpus`'s prose (note that the docstrings in
     this code also appear in the general corpus). Files of the top-level packages in
     ``exclude_packages`` (see :func:`stdlib_package`) are left out. Deterministic; cut at a line
-    boundary to at most ``max_chars`` characters.
+    boundary to at most ``max_chars`` characters (``knob``: as in :func:`general_corpus`).
     """
     exclude_packages = frozenset(exclude_packages)
 
@@ -131,7 +156,8 @@ def specialist_corpus(max_chars: int | None = None, *, exclude_packages: Collect
             if source and source.strip():
                 yield source.strip()
 
-    return _join_until(pieces(), max_chars)
+    return _join_until(pieces(), max_chars, knob, "the shipped Python source corpus (this Python's standard "
+                       "library)", "lower it: this corpus cannot be replaced")
 
 
 def text_file(path: str | Path) -> str:
@@ -141,3 +167,152 @@ def text_file(path: str | Path) -> str:
         raise FileNotFoundError(f"text_file: no file at {path.resolve()} (give the path of a UTF-8 "
                                 f"text file, e.g. data/my_corpus.txt)")
     return path.read_text(encoding="utf-8")
+
+
+# =================================================================================================
+# Your own corpus: the ``text_corpus`` knob
+# =================================================================================================
+
+#: Files a folder corpus reads (recursively, in sorted path order); other files are ignored.
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+#: The smallest corpus accepted: the smallest ``text_chars`` a profile may ask for.
+MIN_CORPUS_CHARS = 1_000
+_EXPECTED = ("a UTF-8 text file, a folder of text files (*.txt, *.md, *.rst, *.text), or a folder written by "
+             "datasets' Dataset.save_to_disk")
+_active_text_corpus: Path | None = None
+
+
+class CorpusError(ValueError):
+    """A ``text_corpus`` that is missing, empty, too small or unreadable (the message names the path)."""
+
+
+def source_path(value: str | Path) -> Path:
+    """A ``text_corpus`` / image-folder path as given: ``~`` expanded; a relative path is taken from
+    the repository root (where ``make`` and ``python -m helpers.run`` run), so the same value works
+    in a notebook (whose working folder is ``notebooks/``) and in batch."""
+    from ..checkpoints import repo_root
+
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``)."""
+    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file() \
+        or (folder / "state.json").is_file()
+
+
+def text_source(value: str | Path) -> tuple[str, Path, list[Path]]:
+    """What a ``text_corpus`` value points at: ``(kind, path, files)`` without reading any text.
+
+    ``kind`` is ``"file"``, ``"folder"`` (its text files, sorted) or ``"datasets"`` (every file of
+    the saved dataset, for the cache key). Raises :class:`CorpusError` -- naming the path and what
+    was expected -- for a path that does not exist or a folder with no text in it.
+    """
+    path = source_path(value)
+    if path.is_file():
+        return "file", path, [path]
+    if not path.is_dir():
+        raise CorpusError(f"parameter 'text_corpus'={str(value)!r}: nothing at {path}; expected {_EXPECTED}")
+    if _is_saved_dataset(path):
+        return "datasets", path, sorted(p for p in path.rglob("*") if p.is_file())
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise CorpusError(f"parameter 'text_corpus'={str(value)!r}: the folder {path} holds no text files; "
+                          f"expected {_EXPECTED}")
+    return "folder", path, files
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CorpusError(f"parameter 'text_corpus': {path} is not UTF-8 text (byte {err.start} cannot be "
+                          f"decoded); expected {_EXPECTED}") from None
+    except OSError as err:
+        raise CorpusError(f"parameter 'text_corpus': cannot read {path} ({err.strerror}); expected "
+                          f"{_EXPECTED}") from None
+
+
+def _read_saved_dataset(path: Path) -> str:
+    """The rows of a saved ``datasets`` folder, joined by blank lines: its ``text`` column (or its
+    only string column); for a ``DatasetDict``, the ``train`` split (else every split, by name)."""
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError:
+        raise CorpusError(f"parameter 'text_corpus': {path} was written by datasets' save_to_disk, and reading "
+                          f"it needs the `datasets` package: pip install -e '.[data]'") from None
+    try:
+        loaded = load_from_disk(str(path))
+    except Exception as err:  # datasets raises several types for a damaged folder
+        raise CorpusError(f"parameter 'text_corpus': cannot load the saved dataset {path} ({err})") from None
+    splits = ([loaded["train"]] if "train" in loaded else [loaded[k] for k in sorted(loaded)]) \
+        if isinstance(loaded, DatasetDict) else [loaded]
+    texts = []
+    for split in splits:
+        strings = [name for name, feature in split.features.items() if getattr(feature, "dtype", "") == "string"]
+        column = "text" if "text" in strings else (strings[0] if len(strings) == 1 else None)
+        if column is None:
+            raise CorpusError(f"parameter 'text_corpus': the saved dataset {path} has no 'text' column and not "
+                              f"exactly one string column (columns: {list(split.features)})")
+        texts += [t.strip() for t in split[column] if t and t.strip()]
+    return "\n\n".join(texts) + "\n" if texts else ""
+
+
+def user_corpus(value: str | Path, max_chars: int | None = None, *, knob: str | None = None) -> str:
+    """Your own corpus (the ``text_corpus`` knob): a text file, a folder of text files, or a saved dataset.
+
+    * a file is read as UTF-8;
+    * a folder: its ``*.txt``, ``*.md``, ``*.rst`` and ``*.text`` files (sub-folders too, hidden ones
+      skipped), in sorted path order, joined by blank lines;
+    * a folder written by ``datasets``' ``save_to_disk``: the ``text`` column (``datasets`` is imported
+      only then; it is the optional extra ``.[data]``).
+
+    The joined text is cached in the store like every other artefact (a folder keyed by the
+    source's path and the size and modification time of each file, with a sha256 manifest), so a
+    changed file is noticed and the corpus rebuilt. Missing, empty, undecodable or tiny sources
+    (under :data:`MIN_CORPUS_CHARS`) raise :class:`CorpusError` naming the path; asking for more than
+    there is, with ``knob`` given, raises :class:`CorpusTooSmall`. Cut at a line to ``max_chars``.
+    """
+    from ..checkpoints import atomic_write_bytes, cached
+
+    kind, path, files = text_source(value)
+    stats = [[f.relative_to(path).as_posix() if kind != "file" else f.name, f.stat().st_size, f.stat().st_mtime_ns]
+             for f in files]
+    config = {"source": str(path), "kind": kind, "files": stats, "version": 1}
+
+    def build(folder: Path) -> None:
+        if kind == "datasets":
+            text = _read_saved_dataset(path)
+        else:
+            text = "\n\n".join(t.strip() for t in map(_read_utf8, files) if t.strip())
+            text = text + "\n" if text else ""
+        atomic_write_bytes(folder / "corpus.txt", text.encode("utf-8"))
+
+    text = (cached("text-corpus", config, build, verbose=False) / "corpus.txt").read_text(encoding="utf-8")
+    if not text.strip():
+        raise CorpusError(f"parameter 'text_corpus'={str(value)!r}: {path} holds no text (it is empty); "
+                          f"expected {_EXPECTED}")
+    if len(text) < MIN_CORPUS_CHARS:
+        raise CorpusError(f"parameter 'text_corpus'={str(value)!r}: {path} holds only {len(text):,} characters "
+                          f"of text; at least {MIN_CORPUS_CHARS:,} are needed")
+    require_chars(len(text), max_chars, knob, f"the corpus text_corpus={str(path)!r}",
+                  "give a larger corpus")
+    return _truncate(text, max_chars)
+
+
+def use_text_corpus(value: str | Path | None) -> None:
+    """Make ``value`` the pretraining text of the text track (``None``: the shipped prose again).
+
+    :func:`helpers.config.resolve` calls this with the ``text_corpus`` knob, so a notebook (or a
+    batch run with ``-p text_corpus=...``) pretrains on your text without any other change; see
+    :func:`active_text_corpus`.
+    """
+    global _active_text_corpus
+    _active_text_corpus = None if value is None else source_path(value)
+
+
+def active_text_corpus() -> Path | None:
+    """The corpus set by :func:`use_text_corpus` (``None``: the shipped prose corpus)."""
+    return _active_text_corpus

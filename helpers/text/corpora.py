@@ -43,7 +43,7 @@ TASK_PACKAGES: dict[str, tuple[str, ...]] = {
 _HELD_OUT = {pkg for pkgs in TASK_PACKAGES.values() for pkg in pkgs}
 
 
-def pretraining_corpus(max_chars: int | None = None) -> str:
+def pretraining_corpus(max_chars: int | None = None, knob: str | None = "text_chars") -> str:
     """English prose for pretraining: :func:`helpers.data.general_corpus` minus the test docstrings.
 
     The reference-manual topics of ``pydoc_data`` come first, then the docstrings of the standard
@@ -51,18 +51,33 @@ def pretraining_corpus(max_chars: int | None = None) -> str:
     fine-tuning task's *test set* (:func:`package_task`, :func:`task_split`): the model may read
     the task's domain, as any large pretraining corpus would, but never a text it is tested on.
     Deterministic, cut at a line.
+
+    **Your own text.** With the ``text_corpus`` knob set (:func:`helpers.data.use_text_corpus`,
+    which :func:`helpers.config.resolve` calls), this returns that corpus instead
+    (:func:`helpers.data.user_corpus`): it replaces the *general-domain pretraining text* only. The
+    specialist domain (:func:`code_corpus`, Python source) and the fine-tuning tasks
+    (:func:`package_task`) stay the workbook's, so the notebooks still compare the same methods on
+    the same tasks, now starting from a model pretrained on your text. (Your corpus is not searched
+    for the tasks' test docstrings.)
+
+    Asking for more characters than the corpus has raises
+    :class:`helpers.data.CorpusTooSmall` naming ``knob`` (``None``: use what there is).
     """
+    own = data.active_text_corpus()
+    if own is not None:
+        return data.user_corpus(own, max_chars, knob=knob)
     task = package_task("docstring")
-    return data.general_corpus(max_chars, exclude={task.texts[i] for i in task_split(task)[1].tolist()})
+    return data.general_corpus(max_chars, exclude={task.texts[i] for i in task_split(task)[1].tolist()}, knob=knob)
 
 
-def code_corpus(max_chars: int | None = None) -> str:
+def code_corpus(max_chars: int | None = None, knob: str | None = "dapt_chars") -> str:
     """Python source for continued pretraining: the standard library minus the task's packages.
 
     The code task (:func:`package_task` with ``kind="code"``) asks which package a function comes
-    from; whole packages are held out here, so no function of the task is ever read.
+    from; whole packages are held out here, so no function of the task is ever read. Asking for
+    more than there is raises :class:`helpers.data.CorpusTooSmall` naming ``knob``.
     """
-    return data.specialist_corpus(max_chars, exclude_packages=_HELD_OUT)
+    return data.specialist_corpus(max_chars, exclude_packages=_HELD_OUT, knob=knob)
 
 
 def show_tokens(tokenizer, text: str) -> str:
