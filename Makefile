@@ -6,14 +6,18 @@ READY  := $(VENV)/.installed
 KERNEL := pretrain-finetune
 PROFILE ?= quick
 ARGS   ?=
+# The tested versions (constraints.txt); `make CONSTRAINTS= venv` installs the newest that fit instead.
+CONSTRAINTS ?= constraints.txt
+# Every extra of pyproject.toml (dev, cluster, tensorboard, ...): what the tests need.
+EXTRAS ?= $(shell $(PYTHON) -c "import tomllib; print(','.join(tomllib.load(open('pyproject.toml', 'rb'))['project'].get('optional-dependencies', {})))" 2>/dev/null || echo dev,cluster,tensorboard,data)
 
-.PHONY: run test lab bench clean venv
+.PHONY: run test lab bench clean venv constraints
 
 venv: $(READY)
 
-$(READY): pyproject.toml
+$(READY): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(EXTRAS)]"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (pretrain-finetune workbook)" >/dev/null
 	@touch $(READY)
 
@@ -35,6 +39,10 @@ lab: $(READY)
 ## bench: training-loop throughput vs a bare loop and the matmul peak
 bench: $(READY)
 	$(PY) -m helpers.bench $(ARGS)
+
+## constraints: pin the versions installed now (after an upgrade the tests passed with)
+constraints: $(READY)
+	$(PY) -m helpers.constraints
 
 ## clean: remove generated data, checkpoints and runs (never sources, never .venv)
 clean:

@@ -1,4 +1,4 @@
-"""Executors: take a plan's planned executions and run them. ``--jobs`` picks one; Dask can be another.
+"""Executors: take a plan's planned executions and run them: here, in N processes, or on Dask.
 
 An executor is a function ``executor(plan, todo, progress, done)`` that
 
@@ -12,10 +12,14 @@ An executor is a function ``executor(plan, todo, progress, done)`` that
   started stay ``pending``) and re-raises.
 
 :func:`serial` runs the jobs one after another in this process; :func:`processes` (``--jobs N``)
-runs N at a time, each in a fresh worker process with its own kernel and ``OMP_NUM_THREADS =
-cores // N`` (unless set), so N kernels share the cores instead of fighting over them. Shared
-checkpoints are safe: :func:`helpers.checkpoints.load_or_train` builds each one once, under a lock.
-:func:`choose` picks the executor for a plan.
+runs N at a time, each in a fresh worker process with its own kernel; :class:`DaskExecutor`
+(``--cluster local:N`` or ``--scheduler tcp://host:port``) hands each execution to a Dask
+distributed cluster as one task. Locally, N kernels get ``OMP_NUM_THREADS = cores // N`` (unless
+set) so they share the cores instead of fighting over them, and with several GPUs each worker gets
+its own, round-robin (:func:`gpu_for`, through ``CUDA_VISIBLE_DEVICES``). Shared checkpoints are
+safe wherever the kernels run, as long as they share the store:
+:func:`helpers.checkpoints.load_or_train` builds each one once, under a lock that holds across
+processes and machines. :func:`choose` picks the executor for a plan.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _worker(job: Job, out: Path, timeout: float | None, threads: int, conn: Any) -> None:
+def _worker(job: Job, out: Path, timeout: float | None, threads: int, conn: Any,
+            gpu: str | None = None) -> None:
     """Run one job in its own process (``--jobs N``) and send the finished :class:`Job` back.
 
     Ctrl-C is the parent's to handle: it ignores SIGINT here and stops a worker with SIGTERM,
@@ -55,8 +60,7 @@ def _worker(job: Job, out: Path, timeout: float | None, threads: int, conn: Any)
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
-    if "OMP_NUM_THREADS" not in os.environ:  # N kernels share the cores instead of fighting
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+    _set_worker_env(threads, gpu)  # N kernels share the cores (and GPUs) instead of fighting
     try:
         execute(job, out, timeout)
     except KeyboardInterrupt:
@@ -71,21 +75,27 @@ def processes(plan: Plan, todo: Sequence[int], progress: Any, done: Callable[[in
 
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     workers = min(plan.parallel, len(todo))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = _threads(workers)
+    gpus = visible_gpus()
     queue, running = list(todo), {}
+    slots: dict[Any, int] = {}  # worker slot 0..workers-1 of each running process: picks its GPU
     progress.set_description(f"{workers} at a time")
     try:
         while queue or running:
             while queue and len(running) < workers:
                 i = queue.pop(0)
+                slot = min(set(range(workers)) - set(slots.values()))
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, name=f"run {plan.jobs[i].name}",
-                                          args=(plan.jobs[i], plan.out, plan.timeout, threads, send))
+                                          args=(plan.jobs[i], plan.out, plan.timeout, threads, send,
+                                                gpu_for(slot, gpus)))
                 process.start()
                 send.close()
                 running[receive] = (i, process)
+                slots[receive] = slot
             for receive in wait_for(list(running), timeout=5):
                 i, process = running.pop(receive)
+                slots.pop(receive)
                 try:
                     plan.jobs[i] = receive.recv()
                 except EOFError:  # the worker died before answering (killed, out of memory)
@@ -115,7 +125,188 @@ def processes(plan: Plan, todo: Sequence[int], progress: Any, done: Callable[[in
         raise
 
 
+# --- GPUs: one per worker, round-robin -----------------------------------------------------------
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand out: the entries of ``$CUDA_VISIBLE_DEVICES`` when it is set
+    (ids or UUIDs), else ``"0"`` .. ``"n-1"`` for the n CUDA devices torch counts (none without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_for(slot: int, gpus: Sequence[str]) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` value for worker ``slot``: GPU ``slot mod len(gpus)``, round-robin,
+    when there are two or more; ``None`` (leave it alone) with one GPU or none."""
+    return gpus[slot % len(gpus)] if len(gpus) >= 2 else None
+
+
+def _set_worker_env(threads: int | None, gpu: str | None) -> None:
+    """What a worker's kernels inherit: ``OMP_NUM_THREADS`` (set, not overridden, by :func:`_threads`)
+    and the worker's own GPU."""
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def _threads(workers: int) -> int:
+    """Threads per kernel when ``workers`` kernels share this machine: ``$OMP_NUM_THREADS`` when the
+    user set it, else cores // workers (at least 1)."""
+    with contextlib.suppress(ValueError):
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+# --- Dask distributed: --cluster local:N, --scheduler tcp://host:port ------------------------------
+
+class EngineError(RuntimeError):
+    """The distributed engine cannot be started or reached (reported before any notebook runs)."""
+
+
+def parse_cluster(spec: str) -> int:
+    """``"local:4"`` -> 4 worker processes; raise :class:`ValueError` with what is allowed."""
+    kind, _, count = spec.partition(":")
+    if kind != "local" or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"--cluster {spec!r}: expected local:N with N >= 1 worker processes "
+                         f"(e.g. --cluster local:2); to use a running cluster give "
+                         f"--scheduler tcp://host:port")
+    return int(count)
+
+
+def _dask_task(job: Job, out: Path, timeout: float | None, threads: int | None,
+               gpus: Sequence[str]) -> Job:
+    """One notebook execution as a Dask task, in a worker process; returns the finished job.
+
+    A worker of a ``LocalCluster`` is named 0..N-1 (a restarted one keeps its name), which picks its
+    GPU round-robin (:func:`gpu_for`); its kernels inherit the environment set here.
+    """
+    from distributed import get_worker
+
+    name = get_worker().name
+    _set_worker_env(threads, gpu_for(name, gpus) if isinstance(name, int) else None)
+    return execute(job, out, timeout)
+
+
+class DaskExecutor:
+    """Run each notebook execution as one task on a Dask distributed cluster.
+
+    ``DaskExecutor(local=N)`` starts a ``distributed.LocalCluster`` of N worker processes with one
+    thread each, talking TCP on 127.0.0.1, each kernel with ``OMP_NUM_THREADS = cores // N`` and, on
+    a machine with several GPUs, its own GPU (:func:`gpu_for`). ``DaskExecutor(scheduler=address)``
+    joins a running cluster instead (``dask scheduler`` + ``dask worker``, dask-jobqueue on
+    SLURM/PBS, Dask on Kubernetes); its workers must see the repository, the notebooks and the
+    output folder at the same paths (shared storage), and should run one thread each
+    (``--nthreads 1``): a worker's kernel takes the worker's environment.
+
+    A task is never retried: the local scheduler runs with ``allowed-failures`` 0, so a worker that
+    dies mid-notebook (killed, out of memory) fails that execution as ``WorkerDied`` at once and the
+    rest of the batch goes on (set ``distributed.scheduler.allowed-failures: 0`` in a running
+    scheduler's configuration for the same behaviour there). The cluster is started or joined when
+    the executor is made, so an unreachable scheduler is an :class:`EngineError` before anything
+    runs; it is closed (a local one shut down) when the executor has run.
+    """
+
+    def __init__(self, *, local: int | None = None, scheduler: str | None = None,
+                 connect_timeout: float = 10.0):
+        import logging
+
+        import dask
+        from distributed import Client, LocalCluster
+
+        self.cluster: Any = None
+        if local is not None:
+            self.workers, self.threads = local, _threads(local)
+            self.gpus = visible_gpus()
+            self.label = f"dask local:{local}"
+            # Never retry a notebook whose worker died, and never queue a second task on a busy
+            # worker (it would fail with it): tasks wait on the scheduler until a worker is free.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                                  "distributed.scheduler.worker-saturation": 1.0}):
+                self.cluster = LocalCluster(
+                    n_workers=local, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    protocol="tcp://", dashboard_address=None, memory_limit=0,
+                    silence_logs=logging.CRITICAL)  # failures are reported per job
+            self.client = Client(self.cluster)
+        elif scheduler is not None:
+            try:
+                self.client = Client(scheduler, timeout=connect_timeout)
+            except (OSError, TimeoutError) as err:
+                raise EngineError(f"--scheduler {scheduler}: cannot reach a Dask scheduler there "
+                                  f"({type(err).__name__}: {err}); start one with `dask scheduler` "
+                                  f"and workers with `dask worker {scheduler} --nthreads 1`") from None
+            self.threads, self.gpus = None, []  # the workers' own environment decides
+            self.workers = max(1, sum(w.get("nthreads", 1) for w in
+                                      self.client.scheduler_info()["workers"].values()))
+            self.label = f"dask {scheduler}"
+        else:
+            raise ValueError("DaskExecutor: give local=N or scheduler=address")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+    def __call__(self, plan: Plan, todo: Sequence[int], progress: Any,
+                 done: Callable[[int], None]) -> None:
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        from .execute import error_info
+
+        progress.set_description(f"{self.label}, {self.workers} worker{'s' * (self.workers > 1)}")
+        token = os.urandom(4).hex()  # keys unique on a scheduler shared by several batches
+        futures: dict[Any, int] = {}
+        try:
+            for i in todo:
+                future = self.client.submit(_dask_task, plan.jobs[i], plan.out, plan.timeout,
+                                            self.threads, self.gpus, key=f"{plan.jobs[i].name}-{token}",
+                                            pure=False, retries=0)
+                futures[future] = i
+            for future in as_completed(futures):
+                i = futures[future]
+                job = plan.jobs[i]
+                try:
+                    plan.jobs[i] = job = future.result()
+                except KilledWorker as err:
+                    job.status = "failed"
+                    job.error = {"name": "WorkerDied", "cell": None, "traceback": "",
+                                 "message": f"the Dask worker running it died before reporting "
+                                            f"(killed, or out of memory): {err}"}
+                except Exception as err:  # the task itself raised (e.g. the notebook is unreadable there)
+                    job.status, job.error = "failed", error_info(err)
+                if job.status == "failed" and job.error and job.error["name"] == "KeyboardInterrupt":
+                    job.status = "interrupted"
+                done(i)
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                running = {key for keys in self.client.processing().values() for key in keys}
+                for future, i in futures.items():
+                    if future.key in running and plan.jobs[i].status == "pending":
+                        plan.jobs[i].status = "interrupted"
+                self.client.cancel(list(futures), force=True)
+            raise
+        finally:
+            self.close()
+
+
 def choose(plan: Plan, todo: Sequence[int]) -> Executor:
-    """The executor for a plan: :func:`processes` for ``--jobs N`` (N > 1) when more than one
-    execution is to run, else :func:`serial`."""
+    """The executor for a plan: a :class:`DaskExecutor` for ``--cluster``/``--scheduler`` (started
+    or joined now; :class:`EngineError` when that fails), :func:`processes` for ``--jobs N`` (N > 1)
+    when more than one execution is to run, else :func:`serial`."""
+    if plan.cluster is not None or plan.scheduler is not None:
+        try:
+            if plan.cluster is not None:
+                return DaskExecutor(local=parse_cluster(plan.cluster))
+            return DaskExecutor(scheduler=plan.scheduler)
+        except EngineError:
+            raise
+        except Exception as err:  # the engine's own start-up errors
+            raise EngineError(f"cannot start or join the Dask cluster "
+                              f"({plan.cluster or plan.scheduler}): {type(err).__name__}: {err}") from err
     return processes if plan.parallel > 1 and len(todo) > 1 else serial

@@ -301,6 +301,8 @@ class Plan:
     jobs: list[Job]
     parallel: int = 1  # --jobs
     previous: dict[str, Any] | None = None  # the batch.json being resumed
+    cluster: str | None = None  # --cluster local:N (a Dask LocalCluster)
+    scheduler: str | None = None  # --scheduler tcp://host:port (a running Dask cluster)
 
 
 def newest_batch() -> Path:

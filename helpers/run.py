@@ -9,6 +9,8 @@ Usage (from the repository root)::
     python -m helpers.run --out runs/my-batch --timeout 600
     python -m helpers.run --sweep seed=0,1,2 --jobs 2      # two notebooks at a time
     python -m helpers.run --resume --out runs/my-batch     # continue: skip what already ran ok
+    python -m helpers.run --sweep seed=0,1,2 --cluster local:2          # on a Dask LocalCluster
+    python -m helpers.run --sweep seed=0,1,2 --scheduler tcp://host:8786   # on a running cluster
     python -m helpers.run --resume                         # ... in the newest runs/<stamp>/
 
 A notebook may be named by path, file name (``00_tour.ipynb``), stem (``00_tour``) or number
@@ -22,6 +24,13 @@ kernel. They share the checkpoint store safely: :func:`helpers.checkpoints.load_
 ``cached`` hold a lock per artefact while building it, so when two notebooks need the same missing
 checkpoint one trains it and the other waits and loads it. Each kernel then gets
 ``OMP_NUM_THREADS = cores // N`` (unless you set it) so N kernels do not fight over the cores.
+
+``--cluster local:N`` runs the executions on Dask distributed instead: a ``LocalCluster`` of N
+worker processes (one thread each, TCP), one task per notebook execution; ``--scheduler
+tcp://host:port`` joins a running Dask cluster (``dask scheduler``/``dask worker``, dask-jobqueue on
+SLURM or PBS, Dask on Kubernetes) whose workers see the repository and ``--out`` at the same paths.
+Results, resume and the report are the same as with ``--jobs``; a worker that dies mid-notebook
+fails that execution (``WorkerDied``) and the batch goes on (see :class:`helpers.executors.DaskExecutor`).
 
 ``--resume`` continues a batch in an existing run folder (``--out``, default the newest
 ``runs/*/`` that has a ``batch.json``): executions that ``batch.json`` records as successful (and
@@ -116,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
                         help="run N notebook executions at once, in separate processes "
                              "(default 1; shared checkpoints are built once, under a lock)")
+    parser.add_argument("--cluster", default=None, metavar="local:N",
+                        help="run on a Dask LocalCluster of N worker processes (one notebook "
+                             "execution per task; instead of --jobs)")
+    parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="run on the running Dask cluster whose scheduler is there (its workers "
+                             "must share the repository and --out folder)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the batch in --out (default: the newest runs/*/ with a "
                              "batch.json), skipping executions that already succeeded there")
@@ -155,6 +170,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
     args.profile = args.profile or "quick"
     if args.jobs < 1:
         raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+    if args.cluster is not None and args.scheduler is not None:
+        raise UsageError("--cluster and --scheduler both given: start a local cluster "
+                         "(--cluster local:N) or join a running one (--scheduler tcp://host:port)")
+    if (args.cluster or args.scheduler) and args.jobs > 1:
+        raise UsageError(f"--jobs {args.jobs} and --{'cluster' if args.cluster else 'scheduler'} "
+                         f"both given: on Dask the workers set how many notebooks run at once")
+    if args.cluster is not None:
+        try:
+            executors.parse_cluster(args.cluster)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    if args.scheduler is not None and "://" not in args.scheduler and ":" not in args.scheduler:
+        raise UsageError(f"--scheduler {args.scheduler!r}: expected a scheduler address such as "
+                         f"tcp://host:8786")
     if args.profile not in config.PROFILES:
         near = difflib.get_close_matches(args.profile, list(config.PROFILES), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -185,7 +214,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     jobs = plan_jobs(notebooks, folder, args.profile, params, sweeps)
     if previous is not None:
         jobs = merge_previous(jobs, previous, out)
-    return Plan(args.profile, params, sweeps, out, args.timeout, jobs, args.jobs, previous)
+    return Plan(args.profile, params, sweeps, out, args.timeout, jobs, args.jobs, previous,
+                cluster=args.cluster, scheduler=args.scheduler)
 
 
 def _cpu_model() -> str | None:
@@ -250,6 +280,8 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
     """Execute every job (continuing past failures), write ``batch.json`` and the report."""
     from tqdm.auto import tqdm
 
+    todo = [i for i, job in enumerate(plan.jobs) if not job.earlier]  # earlier: kept as recorded
+    executor = executors.choose(plan, todo)  # a Dask cluster is started or joined here
     plan.out.mkdir(parents=True, exist_ok=True)
     command = "python -m helpers.run " + shlex.join(argv)
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -266,8 +298,9 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
         batch["resumed"] = [*batch.get("resumed", []), {"command": command, "started": now}]
         batch["out"] = str(plan.out)
         earlier_s = float(batch.get("wall_s") or 0.0)
-    batch.update(jobs=plan.parallel, environment=environment())
-    todo = [i for i, job in enumerate(plan.jobs) if not job.earlier]  # earlier: kept as recorded
+    batch.update(jobs=getattr(executor, "workers", plan.parallel), environment=environment(),
+                 engine=getattr(executor, "label", f"{plan.parallel} local processes"
+                                if plan.parallel > 1 else "this process"))
     kept = len(plan.jobs) - len(todo)
     if plan.previous is not None:
         print(f"resuming {_shown(plan.out)}/: {kept} execution{'s' if kept != 1 else ''} already "
@@ -287,7 +320,7 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
     screen = terminal()
     bar = tqdm(total=len(todo), unit="notebook", file=screen, dynamic_ncols=True)
     try:
-        executors.choose(plan, todo)(plan, todo, bar, done)
+        executor(plan, todo, bar, done)
     except KeyboardInterrupt:
         interrupted = True
         for job in plan.jobs:
@@ -330,10 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         plan = make_plan(args)
-    except UsageError as err:
+        return run_plan(plan, argv)
+    except (UsageError, executors.EngineError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run_plan(plan, argv)
 
 
 if __name__ == "__main__":

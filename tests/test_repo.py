@@ -36,22 +36,60 @@ def _requirement_names(reqs):
     return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower(): r.replace(" ", "") for r in reqs}
 
 
+def _declared(project) -> list[str]:
+    """The dependencies and every extra's requirements."""
+    return project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+
+
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    declared = _declared(project)
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     conda_pkgs = [d for d in env["dependencies"] if isinstance(d, str)]
     assert "python=3.11" in conda_pkgs and "pip" in conda_pkgs
     assert "conda-forge" in env["channels"]
-    assert "-e ." in pip_section
-    assert _requirement_names([p for p in pip_section if p != "-e ."]) == _requirement_names(declared)
+    assert "-e ." in pip_section and "-c constraints.txt" in pip_section
+    listed = [p for p in pip_section if p not in ("-e .", "-c constraints.txt")]
+    assert _requirement_names(listed) == _requirement_names(declared)
 
 
 def test_dependencies_are_lower_bounds_without_cpu_builds():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for req in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    for req in _declared(project):
         assert "==" not in req and "+cpu" not in req, req
+
+
+def test_test_only_tools_are_not_runtime_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = _requirement_names(project["dependencies"])
+    for tool in ("nbval", "playwright", "pytest", "pytest-xdist"):
+        assert tool not in runtime and tool in _requirement_names(project["optional-dependencies"]["dev"])
+    imported = "\n".join(p.read_text() for p in (ROOT / "helpers").rglob("*.py"))
+    assert not re.search(r"^\s*(import|from)\s+(nbval|playwright|pytest)\b", imported, re.M)
+
+
+def test_constraints_pin_every_requirement_and_make_uses_them():
+    """constraints.txt pins (==) every package pyproject asks for, within its bounds, and all they
+    pull in here; the Makefile installs with it unless CONSTRAINTS= is given."""
+    from packaging.requirements import Requirement
+
+    from helpers import constraints
+
+    pins = constraints.read(ROOT / "constraints.txt")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in _declared(project):
+        req = Requirement(text)
+        name = constraints.canonical(req.name)
+        assert name in pins, f"{name} is required by pyproject.toml but not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (text, pins[name])
+    assert not any("+cpu" in v for v in pins.values())
+    closure = constraints.installed_closure(constraints.project_requirements(ROOT / "pyproject.toml"))
+    missing = sorted(set(closure) - set(pins))
+    assert not missing, f"installed requirements not pinned (run `make constraints`): {missing}"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "CONSTRAINTS ?= constraints.txt" in makefile
+    assert "$(if $(CONSTRAINTS),-c $(CONSTRAINTS))" in makefile
 
 
 def test_ci_runs_the_readme_test_command():
