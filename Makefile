@@ -9,7 +9,7 @@ ARGS   ?=
 # The tested versions (constraints.txt); `make CONSTRAINTS= venv` installs the newest that fit instead.
 CONSTRAINTS ?= constraints.txt
 # Every extra of pyproject.toml (dev, cluster, tensorboard, ...): what the tests need.
-EXTRAS ?= $(shell $(PYTHON) -c "import tomllib; print(','.join(tomllib.load(open('pyproject.toml', 'rb'))['project'].get('optional-dependencies', {})))" 2>/dev/null || echo dev,cluster,tensorboard,data)
+EXTRAS ?= $(shell $(PYTHON) -c "import tomllib; print(','.join(tomllib.load(open('pyproject.toml', 'rb'))['project'].get('optional-dependencies', {})))" 2>/dev/null || echo dev,cluster,tensorboard,data,classroom)
 
 .PHONY: run test lab bench clean venv constraints
 

@@ -128,6 +128,16 @@ def _difference(answer: Any, reference: Any, rtol: float, atol: float, where: st
             if why:
                 return why
         return None
+    if isinstance(reference, (tuple, list)) and not all(_is_number(x) for x in reference):
+        if not isinstance(answer, (tuple, list)):  # several results: compare them one by one
+            return f"expected a {type(reference).__name__} of {len(reference)}{at}, got {type(answer).__name__}"
+        if len(answer) != len(reference):
+            return f"expected {len(reference)} results{at}, got {len(answer)}"
+        for i, (a, r) in enumerate(zip(answer, reference)):
+            why = _difference(a, r, rtol, atol, f"{where}[{i}]" if where else f"result {i}")
+            if why:
+                return why
+        return None
     if isinstance(reference, str) or isinstance(answer, str):
         return None if answer == reference else f"the text{at} differs from the expected one"
     ref, ans = _as_array(reference), _as_array(answer)
@@ -223,7 +233,8 @@ def check_function(student_fn: Any, reference_fn: Any, cases: Any, *, hint: str,
           f"case{'s' if len(cases) != 1 else ''}{'; ' + success if success else '.'}")
 
 
-def show_prediction(name: str, predicted: Any, measured: Any, *, unit: str | None = None) -> dict:
+def show_prediction(name: str, predicted: Any, measured: Any, *, unit: str | None = None,
+                    choices: Sequence[Any] | None = None) -> dict:
     """Show what the learner predicted next to what the notebook then measured.
 
     The prediction is recorded (``PREDICTION = ...`` in an exercise cell) *before* the cell that
@@ -231,11 +242,15 @@ def show_prediction(name: str, predicted: Any, measured: Any, *, unit: str | Non
     (a string or a bool) with whether it matched. A prediction still ``None`` or ``...`` raises
     :class:`ExerciseNotDone`: make a prediction first, then measure. Returns the comparison as a
     dict (``name``, ``predicted``, ``measured``, and ``difference``/``ratio`` or ``matched``).
+    With ``choices``, the prediction must be one of them (else :class:`CheckFailed` lists them).
     """
     if _not_done(predicted):
         raise ExerciseNotDone(f"Exercise not done yet: record your prediction for {name!r} in the "
                               f"exercise cell before the measurement (it is still {predicted!r}), "
                               f"run that cell, then the measurement and this cell")
+    if choices is not None and predicted not in list(choices):
+        raise _fail(f"the prediction for {name!r} is one of {list(choices)!r}",
+                    f"you wrote {predicted!r}")
     suffix = f" {unit}" if unit else ""
     row: dict[str, Any] = {"name": name, "predicted": predicted, "measured": measured}
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) or _is_number(v)
@@ -440,24 +455,26 @@ def nbgrader_metadata(cells: Sequence[Any]) -> list[dict | None]:
 
     A ``solution`` cell is an autograded answer (``solution: true``, unlocked); a ``check`` cell is
     an autograder test (``grade: true``, ``locked``, 1 point unless the cell already says more);
-    other cells get ``None`` (no nbgrader metadata). ``grade_id``s follow the exercises' order:
-    ``exercise3`` for the third solution cell and ``exercise3-check`` (``-check2``, ...) for the
-    check cells after it, so nbgrader can match submissions to the source notebook.
+    other cells get ``None`` (no nbgrader metadata). The ``grade_id`` nbgrader matches submissions
+    by is the cell's id (stable when cells move; nbformat keeps ids unique and in nbgrader's
+    alphabet), or for a cell without one ``exercise3`` / ``exercise3-check`` (``-check2``, ...)
+    after the exercises' order.
     """
     wanted: list[dict | None] = []
     exercise, checks = 0, 0
     for cell in cells:
         tags = _tags(cell)
         old = cell.get("metadata", {}).get("nbgrader", {})
+        cell_id = cell.get("id")
         if SOLUTION in tags and cell.get("cell_type") == "code":
             exercise, checks = exercise + 1, 0
-            wanted.append({"grade": False, "grade_id": f"exercise{exercise}", "locked": False,
+            wanted.append({"grade": False, "grade_id": cell_id or f"exercise{exercise}", "locked": False,
                            "schema_version": NBGRADER_SCHEMA, "solution": True, "task": False})
         elif CHECK in tags and cell.get("cell_type") == "code":
             checks += 1
             points = old.get("points") if isinstance(old.get("points"), (int, float)) else 1
             suffix = "-check" if checks == 1 else f"-check{checks}"
-            wanted.append({"grade": True, "grade_id": f"exercise{exercise}{suffix}", "locked": True,
+            wanted.append({"grade": True, "grade_id": cell_id or f"exercise{exercise}{suffix}", "locked": True,
                            "points": points if points > 0 else 1, "schema_version": NBGRADER_SCHEMA,
                            "solution": False, "task": False})
         else:

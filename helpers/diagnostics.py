@@ -228,17 +228,48 @@ def memorised_fraction(model: torch.nn.Module, images: torch.Tensor, noisy: torc
 FitScore = Callable[[np.ndarray, np.ndarray], float]
 
 
-def kfold_scores(labels: torch.Tensor | Sequence[int], fit_score: FitScore, k: int = 5, seed: int = 0) -> np.ndarray:
-    """k-fold cross-validation: ``fit_score(train_index, val_index)`` once per fold; the k scores.
+def stratified_folds(labels: torch.Tensor | Sequence[int], k: int = 5, seed: int = 0) -> list[np.ndarray]:
+    """The validation indices of each of the ``k`` folds of a stratified k-fold split.
 
-    Stratified (every fold has the class mix of the whole set) and shuffled with ``seed``; every
-    example is validated on exactly once. Report ``mean ± std`` of the scores.
+    Every example lands in exactly one fold, and every fold holds each class's share of it: a class
+    with ``n`` examples puts ``n // k`` or ``n // k + 1`` of them in each fold (scikit-learn's
+    ``StratifiedKFold``, shuffled with ``seed``). Fold ``i`` validates a model trained on the others.
     """
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return np.array([fit_score(train, val) for train, val in folds.split(np.zeros(len(labels)), labels)])
+    return [val for _, val in folds.split(np.zeros(len(labels)), labels)]
+
+
+def fold_summary(folds: Sequence[Any], labels: torch.Tensor | Sequence[int]) -> dict[str, np.ndarray]:
+    """What makes a split a stratified k-fold split, whichever examples went where.
+
+    ``times_validated``: for each example, in how many folds it is validated (1 for all, in a
+    k-fold split); ``class_counts``: for each class (rows), its number of examples in each fold,
+    sorted (columns: one per fold) -- the same for every stratified split of these labels, so two
+    splits can be compared without being equal.
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    times = np.zeros(len(labels), dtype=np.int64)
+    counts = np.zeros((len(classes), len(folds)), dtype=np.int64)
+    for column, fold in enumerate(folds):
+        index = np.asarray(fold, dtype=np.int64).reshape(-1)
+        np.add.at(times, index, 1)
+        counts[:, column] = [(labels[index] == c).sum() for c in classes]
+    return {"times_validated": times, "class_counts": np.sort(counts, axis=1)}
+
+
+def kfold_scores(labels: torch.Tensor | Sequence[int], fit_score: FitScore, k: int = 5, seed: int = 0) -> np.ndarray:
+    """k-fold cross-validation: ``fit_score(train_index, val_index)`` once per fold; the k scores.
+
+    Stratified (every fold has the class mix of the whole set, :func:`stratified_folds`) and
+    shuffled with ``seed``; every example is validated on exactly once. Report ``mean ± std`` of
+    the scores.
+    """
+    everything = np.arange(len(np.asarray(labels)))
+    return np.array([fit_score(np.setdiff1d(everything, val), val) for val in stratified_folds(labels, k, seed)])
 
 
 def random_split_scores(labels: torch.Tensor | Sequence[int], fit_score: FitScore, val_fraction: float = 0.2,

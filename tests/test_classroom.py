@@ -181,6 +181,15 @@ def test_check_value_compares_numbers_arrays_and_tensors_without_naming_the_refe
         classroom.check_value(np.ones(2), np.ones(2, dtype=bool), hint="h")
     with pytest.raises(classroom.CheckFailed, match="missing"):
         classroom.check_value({"a": 1}, {"a": 1, "b": 2}, hint="h")
+    pair = (torch.zeros(2, 3), torch.tensor([1, 2]))  # several results compare one by one
+    classroom.check_value((torch.zeros(2, 3), np.array([1, 2])), pair, hint="h")
+    with pytest.raises(classroom.CheckFailed, match=r"1 of 2 entries in result 1 differ"):
+        classroom.check_value([torch.zeros(2, 3), torch.tensor([1, 3])], pair, hint="h")
+    with pytest.raises(classroom.CheckFailed, match="expected 2 results, got 1"):
+        classroom.check_value((torch.zeros(2, 3),), pair, hint="h")
+    with pytest.raises(classroom.CheckFailed, match="expected a tuple of 2, got Tensor"):
+        classroom.check_value(torch.zeros(2, 3), pair, hint="h")
+    capsys.readouterr()
     for stub in (None, ...):  # the scaffolding's value: "not done", a NotImplementedError
         with pytest.raises(classroom.ExerciseNotDone, match="not done yet"):
             classroom.check_value(stub, 1.0, hint="h")
@@ -232,6 +241,8 @@ def test_show_prediction_puts_the_prediction_beside_the_measurement(capsys):
     assert "you predicted 2 x, measured 3 x" in capsys.readouterr().out
     assert classroom.show_prediction("winner", "LoRA", "LoRA")["matched"] is True
     assert classroom.show_prediction("forgets", True, False)["matched"] is False
+    with pytest.raises(classroom.CheckFailed, match=r"one of \['LoRA', 'full'\] \(you wrote 'lora'\)"):
+        classroom.show_prediction("winner", "lora", "LoRA", choices=["LoRA", "full"])
     for stub in (None, ...):
         with pytest.raises(classroom.ExerciseNotDone, match="record your prediction for 'speed-up'"):
             classroom.show_prediction("speed-up", stub, 3.0)
@@ -280,7 +291,9 @@ def test_stamp_writes_nbgrader_metadata_from_the_tags_and_nothing_else(tmp_path,
     path = tiny_course(course / "01_tiny.ipynb")
     nb = json.loads(path.read_text())
     nb["cells"][2]["metadata"]["nbgrader"] = {"grade": True}  # stale metadata on a plain cell
-    nb["cells"].insert(6, nb["cells"][5])  # a second check cell for exercise 1
+    nb["cells"].insert(6, {**nb["cells"][5], "id": "second-check"})  # a second check of exercise 1
+    for cell in nb["cells"][7:]:
+        del cell["id"]  # older notebooks (nbformat < 4.5) have no cell ids: ids by the exercises' order
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     before = json.loads(path.read_text())
     base = ["--notebooks-dir", str(course)]
@@ -293,9 +306,9 @@ def test_stamp_writes_nbgrader_metadata_from_the_tags_and_nothing_else(tmp_path,
     grading = [(c["metadata"].get("tags"), c["metadata"].get("nbgrader")) for c in after["cells"]]
     stamped = [(t, g["grade_id"], g["solution"], g["grade"], g["locked"], g.get("points"))
                for t, g in grading if g]
-    assert stamped == [(["solution"], "exercise1", True, False, False, None),
-                       (["check"], "exercise1-check", False, True, True, 1),
-                       (["check"], "exercise1-check2", False, True, True, 1),
+    assert stamped == [(["solution"], "cell-4", True, False, False, None),
+                       (["check"], "cell-5", False, True, True, 1),
+                       (["check"], "second-check", False, True, True, 1),
                        (["solution"], "exercise2", True, False, False, None),
                        (["check"], "exercise2-check", False, True, True, 1)]
     assert all(g["schema_version"] == 3 for _, g in grading if g)

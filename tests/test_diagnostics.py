@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.diagnostics import (Diagnosis, diagnose, fit_and_measure, generalisation_gap, kfold_scores,
-                                 logistic_fit_score, memorised_fraction, noisy_labels, random_split_scores,
-                                 shuffled_labels)
+from helpers.diagnostics import (Diagnosis, diagnose, fit_and_measure, fold_summary, generalisation_gap,
+                                 kfold_scores, logistic_fit_score, memorised_fraction, noisy_labels,
+                                 random_split_scores, shuffled_labels, stratified_folds)
 from helpers.models import SmallResNet
 from helpers.train import History
 
@@ -95,6 +95,21 @@ def test_kfold_validates_every_example_once_and_single_splits_vary():
     fit = logistic_fit_score(features, labels)
     single = random_split_scores(labels, fit, val_fraction=0.2, repeats=6, seed=0)
     assert len(single) == 6 and ((0 <= single) & (single <= 1)).all()
+
+
+def test_stratified_folds_and_the_summary_that_compares_splits():
+    labels = np.array([0] * 7 + [1] * 5 + [2] * 3)
+    folds = stratified_folds(labels, k=3, seed=1)
+    assert len(folds) == 3 and sorted(np.concatenate(folds)) == list(range(15))
+    summary = fold_summary(folds, labels)
+    assert summary["times_validated"].tolist() == [1] * 15
+    assert summary["class_counts"].tolist() == [[2, 2, 3], [1, 2, 2], [1, 1, 1]]
+    by_hand = [np.array([0, 1, 2, 7, 8, 12]), np.array([3, 4, 9, 10, 13]), np.array([5, 6, 11, 14])]
+    other = fold_summary(by_hand, labels)  # another stratified split: a different one, the same summary
+    assert all(np.array_equal(other[key], summary[key]) for key in summary)
+    unstratified = fold_summary([np.arange(0, 5), np.arange(5, 10), np.arange(10, 15)], labels)
+    assert not np.array_equal(unstratified["class_counts"], summary["class_counts"])
+    assert fold_summary([np.arange(10), np.arange(5, 15)], labels)["times_validated"].max() == 2
 
 
 def test_fit_and_measure_reports_gaps_and_a_verdict():
