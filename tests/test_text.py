@@ -209,8 +209,97 @@ def test_every_method_fine_tunes_and_reports_its_costs(tiny):
     assert lora.checkpoint_bytes < full.checkpoint_bytes and frozen.checkpoint_bytes < lora.checkpoint_bytes
     assert lora.memory_bytes < full.memory_bytes and frozen.memory_bytes < full.memory_bytes
     assert all(0 <= r.accuracy <= 1 and r.seconds > 0 for r in results.values())
-    with pytest.raises(ValueError, match="'text_methods'=\\['prompt'\\]"):
-        text.finetune_text("prompt", gpt, (x, y), (x, y), num_classes=3, steps=1, lr=1e-3, batch_size=8, seed=0)
+    for method in text.PEFT_METHODS:  # each PEFT method trains more than the head, far less than everything
+        run = results[method]
+        assert frozen.trainable_params < run.trainable_params < full.trainable_params / 2, method
+        assert 0 < run.checkpoint_bytes < full.checkpoint_bytes / 2, method
+    with pytest.raises(ValueError, match="'text_methods'=\\['houlsby'\\]"):
+        text.finetune_text("houlsby", gpt, (x, y), (x, y), num_classes=3, steps=1, lr=1e-3, batch_size=8, seed=0)
+
+
+def test_forgetting_is_zero_for_an_untouched_body_and_measured_for_the_others(tiny):
+    P, gpt = tiny
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randint(3, 300, (16, 16), generator=g), torch.randint(0, 2, (16,), generator=g)
+    blocks = torch.randint(3, 300, (6, P.seq_len + 1), generator=g)
+    runs = {m: text.finetune_text(m, gpt, (x, y), (x, y), num_classes=2, steps=3, lr=1e-2, batch_size=8, seed=0,
+                                  lora_rank=2, forget_blocks=blocks, measure=False)
+            for m in ("scratch", "frozen", "full", "bitfit", "prefix")}
+    assert math.isnan(runs["scratch"].forgetting) and math.isnan(runs["scratch"].row()["forgetting_removed_%"])
+    assert runs["frozen"].forgetting == pytest.approx(0.0, abs=1e-9)   # the same body reads the same text
+    for method in ("full", "bitfit", "prefix"):   # trained bodies (or inputs) change the predictions
+        assert runs[method].forgetting != pytest.approx(0.0, abs=1e-6), method
+    assert runs["full"].forgetting_removed == runs["full"].forgetting   # nothing to remove
+    assert runs["prefix"].forgetting_removed == 0.0                     # the pretrained weights are intact
+    table = text.runs_table(list(runs.values()))
+    assert {"forgetting_mean", "forgetting_std", "forgetting_removed"} <= set(table.columns)
+
+
+def test_bottleneck_adapters_start_as_identity_train_alone_and_come_out(tiny):
+    P, gpt = tiny
+    model = text.classifier(gpt, 3)
+    ids = torch.randint(3, 300, (4, 12))
+    before = model(ids)
+    text.add_adapters(model.transformer, size=4)
+    assert torch.allclose(model(ids), before)        # ``up`` starts at zero: nothing changes yet
+    trainable = [n for n, p in model.transformer.named_parameters() if p.requires_grad]
+    assert trainable and all(".adapter." in n for n in trainable)
+    assert len(trainable) == 4 * 2 * P.gpt_layers     # down and up, weight and bias, two per block
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.mlp.c_proj.adapter.up.weight.normal_()   # (a constant would be undone by LayerNorm)
+    assert not torch.allclose(model(ids), before)
+    text.remove_adapters(model.transformer)
+    assert torch.allclose(model(ids), before)
+
+
+def test_bitfit_trains_only_biases_and_layernorms(tiny):
+    P, gpt = tiny
+    model = text.bitfit(text.classifier(gpt, 3))
+    names = [n for n, p in model.transformer.named_parameters() if p.requires_grad]
+    assert names and all(n.endswith(".bias") or ".ln_" in f".{n}" for n in names)
+    assert any(n.startswith("ln_f.") for n in names) and all(p.requires_grad for p in model.head.parameters())
+
+
+def test_prefix_and_prompt_tuning_leave_room_for_their_virtual_tokens(tiny):
+    """A text as long as GPT-2's positions still fits: the classifier reads VIRTUAL_TOKENS fewer."""
+    P, gpt = tiny
+    for method in ("prefix", "prompt"):
+        model, save = text.prepare(text.classifier(gpt, 3), method)
+        ids = torch.randint(3, 300, (2, P.seq_len))
+        assert model(ids).shape == (2, 3)
+        assert model.hidden(ids).shape[1] == P.seq_len - text.VIRTUAL_TOKENS
+    with pytest.raises(ValueError, match="method='full'.*expected one of"):
+        text.prepare(text.classifier(gpt, 3), "full")
+
+
+def test_hand_written_lora_matches_peft():
+    g = torch.Generator().manual_seed(0)
+    x, W, b = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g), torch.randn(4, generator=g)
+    A, B = torch.randn(2, 5, generator=g), torch.randn(4, 2, generator=g)
+    assert torch.allclose(text.peft_lora_output(x, W, b, A, B, alpha=6.0), x @ W.T + b + 3.0 * (x @ A.T @ B.T),
+                          atol=1e-5)
+    assert not torch.allclose(text.peft_lora_output(x, W, b, A, B, alpha=2.0), x @ W.T + b + 3.0 * (x @ A.T @ B.T))
+
+
+def test_peft_table_and_lora_ablation(tiny):
+    P, gpt = tiny
+    task = text.TextTask("toy", [f"{w} thing {i}" for i in range(40) for w in ("apple", "pear")],
+                         torch.tensor([0, 1] * 40), ["apple", "pear"])
+    pool, test = torch.arange(60), torch.arange(60, 80)
+    kw = dict(seq_len=8, steps=1, lr=1e-3, batch_size=8, progress=False)
+    runs = text.compare_methods({"pretrained": gpt}, task, pool, test, methods=["full", "lora", "prompt"],
+                                budgets=[4], seeds=[0, 1], lora_rank=2, **kw)
+    table = text.peft_table(runs, 4)
+    assert list(table.index) == ["prompt", "lora", "full"]   # fewest trainable first
+    ablation = text.lora_ablation(gpt, task, pool, test, ranks=[1, 2], budget=4, seeds=[0, 1], reuse=runs,
+                                  reuse_rank=2, **kw)
+    assert list(ablation.index) == [(t, r) for t in text.LORA_TARGET_SETS for r in (1, 2)]
+    assert (ablation["seeds"] == 2).all()
+    trainable = ablation["trainable"]
+    assert trainable["emb+attention", 1] < trainable["emb+attention", 2] < trainable["emb+attention+MLP", 2]
+    reused = [r.accuracy for r in runs if r.method == "lora"]
+    assert ablation.loc[("emb+attention", 2), "acc_mean"] == pytest.approx(sum(reused) / 2)
 
 
 def test_compare_methods_and_summary_table(tiny):

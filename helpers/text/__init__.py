@@ -17,10 +17,13 @@ Everything is offline and built from what every Python installation carries. One
 * :mod:`.speed` -- where ``GPT2LMHeadModel`` spends the time a hand-written GPT does not
   (:func:`throughput_table`), the cost of a run in FLOPs (:func:`training_cost`, :func:`cost_table`)
   and memory.
-* :mod:`.finetune` -- five ways to adapt the pretrained model (:data:`FT_METHODS`): scratch, frozen
-  features, full fine-tuning, LoRA and (IA)^3 (:func:`finetune_text`, :func:`compare_methods`,
-  :func:`runs_table`); specialising the language model itself, fully or with LoRA
-  (:func:`specialise_lm`).
+* :mod:`.finetune` -- the ways to adapt the pretrained model (:data:`FT_METHODS`): scratch, frozen
+  features, full fine-tuning and the PEFT methods (:func:`finetune_text`, :func:`compare_methods`,
+  :func:`runs_table`), with their costs and what they forget of the pretraining text; specialising
+  the language model itself, fully or with LoRA (:func:`specialise_lm`).
+* :mod:`.peft_methods` -- the parameter-efficient methods as the articles name them: BitFit, LoRA,
+  (IA)^3, bottleneck adapters, prefix and prompt tuning (:func:`prepare`), the PEFT table
+  (:func:`peft_table`) and the LoRA rank x target ablation (:func:`lora_ablation`).
 
 Every public name is importable from ``helpers.text``; the figures are in :mod:`helpers.plots`.
 """
@@ -31,6 +34,9 @@ from .corpora import (EOS, MASK, MAX_PER_CLASS, PAD, TASK_KINDS, TASK_PACKAGES, 
 from .finetune import (FT_METHODS, LM_LORA_TARGETS, LORA_TARGETS, LR_FACTOR, SPECIALISE_METHODS, GPTClassifier,
                        TextRun, classifier, compare_methods, finetune_text, lora_config, lora_lm, runs_table,
                        specialise_lm)
+from .peft_methods import (ADAPTER_SIZE, LORA_TARGET_SETS, PEFT_METHODS, REMOVABLE, VIRTUAL_TOKENS, Bottleneck,
+                           add_adapters, bitfit, english_perplexity, forgetting_blocks, lora_ablation, peft_lora_output,
+                           peft_table, prepare, remove_adapters)
 from .lm import (FAST_GPT, HandGPT, LMCorpus, fast_tokenizer, gpt_for, lm_corpus, ngram_baselines, quiet_transformers,
                  right_padding_is_safe, split_blocks, tiny_bert)
 from .pretrain import (LM_BETAS, LM_WARMUP, SAMPLE_PROMPTS, Pretrained, SampleHook, compare_objectives,
@@ -53,4 +59,7 @@ __all__ = [
     "FT_METHODS", "LR_FACTOR", "LORA_TARGETS", "LM_LORA_TARGETS", "GPTClassifier", "classifier", "lora_config",
     "TextRun", "finetune_text", "compare_methods", "runs_table",
     "SPECIALISE_METHODS", "lora_lm", "specialise_lm",
+    "PEFT_METHODS", "REMOVABLE", "VIRTUAL_TOKENS", "ADAPTER_SIZE", "LORA_TARGET_SETS", "Bottleneck", "add_adapters",
+    "remove_adapters", "bitfit", "prepare", "english_perplexity", "forgetting_blocks", "peft_table", "lora_ablation",
+    "peft_lora_output",
 ]

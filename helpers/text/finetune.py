@@ -15,6 +15,7 @@ Both LoRA uses are built by one function, :func:`lora_config`; only the layers t
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ..models import count_parameters, set_trainable
 from ..train import History, evaluate, train
 from .corpora import PAD, TextTask, code_corpus, encode_texts
 from .lm import LMCorpus, quiet_transformers, right_padding_is_safe, split_blocks
+from .peft_methods import LORA_TARGETS, REMOVABLE, english_perplexity, forgetting_blocks, lora_config, prepare, wrap
 from .pretrain import Pretrained
 from .speed import training_memory
 
@@ -46,11 +48,16 @@ _ABOUT = {
     "full": "pretrained weights, new head, all trained",
     "lora": "pretrained weights frozen; low-rank updates of token embeddings and attention + head",
     "ia3": "pretrained weights frozen; learned rescaling of keys, values and MLP inputs + head",
+    "bitfit": "only the body's biases and LayerNorm weights + head",
+    "adapter": "pretrained weights frozen; a bottleneck MLP after each attention and MLP output + head",
+    "prefix": "pretrained weights frozen; learned keys and values prepended in every layer + head",
+    "prompt": "pretrained weights frozen; learned input embeddings prepended to the text + head",
 }
 #: Learning rate of each method relative to ``ft_lr``: fewer trainable parameters tolerate (and
 #: need) larger steps -- LoRA's product of two small matrices, (IA)^3's scaling vectors and a
 #: linear head on fixed features all move slowly at a full fine-tuning learning rate.
-LR_FACTOR = {"scratch": 1.0, "frozen": 10.0, "full": 1.0, "lora": 10.0, "ia3": 20.0}
+LR_FACTOR = {"scratch": 1.0, "frozen": 10.0, "full": 1.0, "lora": 10.0, "ia3": 20.0, "bitfit": 20.0,
+             "adapter": 10.0, "prefix": 30.0, "prompt": 30.0}
 
 
 class GPTClassifier(nn.Module):
@@ -66,9 +73,16 @@ class GPTClassifier(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.head = nn.Linear(transformer.config.n_embd, num_classes)
+        self.reserved = 0  # positions taken by virtual tokens (prefix and prompt tuning)
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The last layer's hidden states of the text's tokens (the first ``n_positions - reserved``)."""
+        ids = ids[:, :self.transformer.config.n_positions - self.reserved]
+        return self.transformer(ids).last_hidden_state[:, -ids.shape[1]:]   # virtual tokens dropped
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.transformer(ids).last_hidden_state
+        hidden = self.hidden(ids)
+        ids = ids[:, :hidden.shape[1]]
         real = (ids != PAD).unsqueeze(-1).to(hidden.dtype)
         return (hidden * real).sum(1) / real.sum(1).clamp(min=1)
 
@@ -89,46 +103,6 @@ def classifier(base: Pretrained, num_classes: int, pretrained: bool = True) -> G
     return GPTClassifier(body, num_classes)
 
 
-#: The GPT-2 layers LoRA adapts: the attention's query/key/value projection (as in the LoRA paper)
-#: and the token embeddings. On a model this small, whose features are far from the task, which
-#: *words* matter has to be learned; LoRA on attention alone cannot change that (measured: about 13
-#: accuracy points below full fine-tuning at 32 labels per class, against about 5 with embeddings).
-LORA_TARGETS: tuple[str, ...] = ("wte", "c_attn")
-
-
-def lora_config(rank: int, targets: Sequence[str] = LORA_TARGETS, alpha: float | None = None, **extra: Any):
-    """The text track's one LoRA configuration (``peft.LoraConfig``) for GPT-2 layers ``targets``.
-
-    Each targeted weight ``W`` becomes ``W + (alpha / rank) B A`` with small trainable ``A`` and
-    ``B`` (``alpha`` defaults to ``2 x rank``, no dropout); ``B`` starts at zero, so the wrapped
-    model starts exactly as the pretrained one. ``fan_in_fan_out`` because GPT-2 stores its
-    projections as ``Conv1D`` (input x output). ``extra`` goes to ``LoraConfig``.
-    """
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, target_modules=list(targets),
-                      fan_in_fan_out=True, **extra)
-
-
-def _wrap(model: nn.Module, config) -> nn.Module:
-    from peft import get_peft_model
-
-    with quiet_transformers():  # peft asks transformers questions it has renamed (FutureWarnings)
-        return get_peft_model(model, config)
-
-
-def _peft(model: GPTClassifier, method: str, rank: int):
-    """Wrap ``model`` with LoRA or (IA)^3 (``peft``): only the adapters and the head train."""
-    from peft import IA3Config
-
-    if method == "lora":
-        config = lora_config(rank, LORA_TARGETS, modules_to_save=["head"])
-    else:
-        config = IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
-                           fan_in_fan_out=True, modules_to_save=["head"])
-    return _wrap(model, config)
-
-
 @torch.no_grad()
 def _features(model: GPTClassifier, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
@@ -144,7 +118,8 @@ def _checkpoint_bytes(save: Callable[[Path], None]) -> int:
 
 @dataclass
 class TextRun:
-    """One fine-tuning run and what it cost."""
+    """One fine-tuning run and what it cost; ``forgetting``: how much worse the tuned body predicts
+    held-out pretraining text (perplexity after / before - 1, NaN where not measured or meaningless)."""
 
     method: str
     backbone: str
@@ -157,25 +132,46 @@ class TextRun:
     memory_bytes: int
     checkpoint_bytes: int
     history: History = field(repr=False)
+    forgetting: float = math.nan
+
+    @property
+    def forgetting_removed(self) -> float:
+        """Forgetting once the method's per-task state is removed: 0 for :data:`REMOVABLE` methods
+        (the pretrained weights were never changed), the measured value for full and BitFit."""
+        if math.isnan(self.forgetting):
+            return math.nan
+        return 0.0 if self.method in REMOVABLE else self.forgetting
 
     def row(self) -> dict[str, Any]:
         return {"method": self.method, "backbone": self.backbone, "budget": self.budget, "seed": self.seed,
                 "accuracy": self.accuracy, "trainable": self.trainable_params, "total": self.total_params,
                 "seconds": self.seconds, "memory_MB": self.memory_bytes / 1e6,
-                "checkpoint_KB": self.checkpoint_bytes / 1e3}
+                "checkpoint_KB": self.checkpoint_bytes / 1e3, "forgetting_%": 100 * self.forgetting,
+                "forgetting_removed_%": 100 * self.forgetting_removed}
+
+
+def _forgetting(model: nn.Module, base: Pretrained, blocks: torch.Tensor, device: torch.device | str) -> float:
+    """Perplexity rise on held-out pretraining text, tuned body vs pretrained body (same blocks)."""
+    blocks = forgetting_blocks(blocks, base.model.config.n_positions)
+    before = english_perplexity(classifier(base, 1).to(device), base.model.lm_head, blocks)
+    return english_perplexity(model, base.model.lm_head, blocks) / before - 1
 
 
 @right_padding_is_safe()  # right-padded texts in a causal model need no attention mask
 def finetune_text(method: str, base: Pretrained, train_data: tuple[torch.Tensor, torch.Tensor],
                   test_data: tuple[torch.Tensor, torch.Tensor], *, num_classes: int, steps: int, lr: float,
-                  batch_size: int, seed: int, lora_rank: int = 8, bf16: bool = False,
-                  device: torch.device | str = "cpu", measure: bool = True, backbone: str = "pretrained",
-                  budget: int = 0) -> TextRun:
+                  batch_size: int, seed: int, lora_rank: int = 8, lora_targets: Sequence[str] = LORA_TARGETS,
+                  bf16: bool = False, device: torch.device | str = "cpu", measure: bool = True,
+                  backbone: str = "pretrained", budget: int = 0,
+                  forget_blocks: torch.Tensor | None = None) -> TextRun:
     """Adapt ``base`` (left unchanged) to a classification task with one of :data:`FT_METHODS`.
 
     Every method gets about ``steps`` optimisation steps of ``batch_size`` examples at
     ``lr x LR_FACTOR[method]``, trained by :func:`helpers.train.train`. With ``measure`` it also
-    counts the training memory and the size of what the method must save.
+    counts the training memory and the size of what the method must save. With ``forget_blocks``
+    (held-out blocks of the pretraining text) it measures forgetting: the perplexity of the tuned
+    body, with whatever the method added still on, read through the pretrained output layer
+    (:func:`~helpers.text.peft_methods.english_perplexity`), relative to the pretrained body's.
     """
     check_knob("text_methods", [method])
     torch.manual_seed(seed)
@@ -186,6 +182,7 @@ def finetune_text(method: str, base: Pretrained, train_data: tuple[torch.Tensor,
                   bf16=bf16, device=device, progress=False, warmup_steps=max(1, steps // 10))
     model = classifier(base, num_classes, pretrained=method != "scratch").to(device)
     total = count_parameters(model)
+    measures_forgetting = forget_blocks is not None and method != "scratch"   # scratch read no English
     if method == "frozen":  # features computed once; only the head trains, on them
         set_trainable(model.transformer, False)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
@@ -196,21 +193,22 @@ def finetune_text(method: str, base: Pretrained, train_data: tuple[torch.Tensor,
         body_bytes = sum(p.numel() * p.element_size() for p in model.transformer.parameters())
         memory = training_memory(model.head, (features[:batch], y[:batch].to(device)), body_bytes) if measure else 0
         ckpt = _checkpoint_bytes(lambda f: save_tensors(f, model.head.state_dict())) if measure else 0
+        forgetting = _forgetting(model, base, forget_blocks, device) if measures_forgetting else math.nan
         return TextRun(method, backbone, budget, seed, accuracy, count_parameters(model.head), total, seconds,
-                       memory, ckpt, history)
+                       memory, ckpt, history, forgetting)
 
-    if method in ("lora", "ia3"):
-        model = _peft(model, method, lora_rank)
+    save = lambda folder: save_tensors(folder, model.state_dict())  # noqa: E731  (scratch, full)
+    if method not in ("scratch", "full"):
+        model, save = prepare(model, method, lora_rank=lora_rank, lora_targets=lora_targets)
     history = train(model, train_data, **common)
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, test_data, device=device, bf16=bf16)["acc"]
     trainable = count_parameters(model, trainable_only=True)
     memory = training_memory(model, (x[:batch].to(device), y[:batch].to(device))) if measure else 0
-    if method in ("lora", "ia3"):
-        ckpt = _checkpoint_bytes(lambda f: model.save_pretrained(f)) if measure else 0
-    else:
-        ckpt = _checkpoint_bytes(lambda f: save_tensors(f, model.state_dict())) if measure else 0
-    return TextRun(method, backbone, budget, seed, accuracy, trainable, total, seconds, memory, ckpt, history)
+    ckpt = _checkpoint_bytes(save) if measure else 0
+    forgetting = _forgetting(model, base, forget_blocks, device) if measures_forgetting else math.nan
+    return TextRun(method, backbone, budget, seed, accuracy, trainable, total, seconds, memory, ckpt, history,
+                   forgetting)
 
 
 def compare_methods(backbones: Mapping[str, Pretrained], task: TextTask, pool: torch.Tensor,
@@ -254,15 +252,17 @@ def runs_table(runs: Sequence[TextRun]):
     grouped = frame.groupby(keys, sort=False)
     table = grouped.agg(acc_mean=("accuracy", "mean"), acc_std=("accuracy", "std"), seeds=("seed", "count"),
                         trainable=("trainable", "first"), total=("total", "first"),
-                        seconds=("seconds", "mean"))
+                        seconds=("seconds", "mean"), forgetting_mean=("forgetting_%", "mean"),
+                        forgetting_std=("forgetting_%", "std"), forgetting_removed=("forgetting_removed_%", "mean"))
     firsts = frame.groupby(keys, sort=False)[["memory_MB", "checkpoint_KB"]].max()
     table = table.join(firsts)
     table["acc_std"] = table["acc_std"].fillna(0.0)
     table["trainable_%"] = 100 * table["trainable"] / table["total"]
     table["accuracy"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["acc_mean"], table["acc_std"])]
     table["about"] = [_ABOUT[m] for m in table.index.get_level_values("method")]
+    table["forgetting_std"] = table["forgetting_std"].mask(table["forgetting_mean"].notna() & table["forgetting_std"].isna(), 0.0)
     return table[["accuracy", "acc_mean", "acc_std", "seeds", "trainable", "trainable_%", "seconds",
-                  "memory_MB", "checkpoint_KB", "about"]]
+                  "memory_MB", "checkpoint_KB", "forgetting_mean", "forgetting_std", "forgetting_removed", "about"]]
 
 
 # --- specialising a language model on a new domain, fully or with LoRA ----------------------------
@@ -278,7 +278,7 @@ def lora_lm(model: nn.Module, rank: int, alpha: float | None = None, targets: Se
     only the ``rank``-dimensional updates of ``targets`` train, which limits how far it can drift."""
     from peft import TaskType
 
-    return _wrap(model, lora_config(rank, targets, alpha, task_type=TaskType.CAUSAL_LM))
+    return wrap(model, lora_config(rank, targets, alpha, task_type=TaskType.CAUSAL_LM))
 
 
 def specialise_lm(method: str, pretrained: nn.Module, blocks: torch.Tensor, *, steps: int, lr: float,
