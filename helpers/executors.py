@@ -306,6 +306,9 @@ def choose(plan: Plan, todo: Sequence[int]) -> Executor:
             return DaskExecutor(scheduler=plan.scheduler)
         except EngineError:
             raise
+        except ImportError as err:
+            raise EngineError(f"--cluster/--scheduler need Dask distributed ({err}); install it with "
+                              f"pip install -e '.[cluster]' (make does)") from None
         except Exception as err:  # the engine's own start-up errors
             raise EngineError(f"cannot start or join the Dask cluster "
                               f"({plan.cluster or plan.scheduler}): {type(err).__name__}: {err}") from err

@@ -12,6 +12,7 @@ Usage (from the repository root)::
     python -m helpers.run --sweep seed=0,1,2 --cluster local:2          # on a Dask LocalCluster
     python -m helpers.run --sweep seed=0,1,2 --scheduler tcp://host:8786   # on a running cluster
     python -m helpers.run --resume                         # ... in the newest runs/<stamp>/
+    python -m helpers.run compare runs/A runs/B            # two batches side by side (helpers.compare)
 
 A notebook may be named by path, file name (``00_tour.ipynb``), stem (``00_tour``) or number
 (``00`` or ``0``). Values of ``-p name=value`` and ``--sweep name=v1,v2`` are Python literals
@@ -356,6 +357,9 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 a notebook failed, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:  # python -m helpers.run compare A B: see helpers.compare
+        from . import compare
+        return compare.main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
