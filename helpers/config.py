@@ -261,6 +261,10 @@ PROFILES: dict[str, dict[str, Any]] = {
               "sweep_tolerance": 0.02, "lr_finder_steps": 100, "method_lr_factors": [0.3, 1, 3],
               "methods": ["scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr",
                           "gradual_unfreezing", "full_ft_high_lr"]},
+    # full: one GPU. Its text is all the shipped text (text_chars, dapt_chars: asking for more fails before
+    # training; more text needs text_corpus). Its biggest cost is the CNN pretraining on 80 x 5,000 glyphs
+    # (about 6e15 FLOPs per objective: minutes on a modern GPU, about a day on 2 CPU cores); the GPT
+    # (6.9 M parameters, 20 epochs of 0.46 M tokens) is about 4e14; the glyphs take 1.3 GB as float32.
     "full": {**_COMMON, "seeds": 5,
              "imbalance_ratios": [1, 10, 50, 100], "imbalance_max_per_class": 300, "imbalance_methods": list(_IMBALANCE),
              "harmful_source": "shuffled_labels", "harmful_per_class": 500, "harmful_epochs": 10,
