@@ -25,9 +25,12 @@ It avoids host syncs it does not need: losses are summed on the device and read 
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +49,8 @@ EpochHook = Callable[[int, nn.Module, dict[str, Any]], None]
 SCHEDULES = ("constant", "cosine", "linear")
 TASKS = ("classify", "lm")
 IGNORE = -100  # a token label that is not scored (PyTorch's and transformers' convention)
+TENSORBOARD_ENV = "WORKBOOK_TENSORBOARD"  # a folder: every train() call logs a run below it
+_RUNS = itertools.count(1)  # numbers the TensorBoard runs of one process in order
 
 
 @dataclass
@@ -124,6 +129,7 @@ def evaluate(model: nn.Module, data: Data, task: str = "classify", batch_size: i
              device: torch.device | str | None = None, bf16: bool = False) -> dict[str, float]:
     """Loss and accuracy (classify) or loss, perplexity and next-token accuracy (lm) on ``data``."""
     device = torch.device(device) if device else next(model.parameters()).device
+    bf16 = bf16 and bf16_supported(device)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -194,6 +200,85 @@ def default_param_groups(model: nn.Module, lr: float, weight_decay: float,
                         {"params": no_decay, "lr": lr, "weight_decay": 0.0}) if g["params"]]
 
 
+# --- devices ---------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether bf16 autocast is supported natively on ``device``: always on a CPU; on a CUDA GPU
+    with bf16 arithmetic (compute capability 8.0+, Ampere and newer; older ones would emulate it,
+    slowly); on an Apple GPU when a bf16 tensor can be made there (macOS 14+)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch before 2.4 has no including_emulation
+            return bool(torch.cuda.is_bf16_supported())
+    try:
+        torch.ones(1, dtype=torch.bfloat16, device=device) * 2
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def use_bf16(requested: bool, device: torch.device) -> bool:
+    """``requested`` where the device supports bf16 (:func:`bf16_supported`); a request it cannot
+    honour falls back to fp32 with a warning rather than failing or emulating."""
+    if requested and not bf16_supported(device):
+        warnings.warn(f"bf16 is not supported natively on {device}; training in fp32", stacklevel=3)
+        return False
+    return requested
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    """The random generators a resumed run must continue: the CPU's and, when training on a CUDA
+    GPU, that GPU's (dropout masks and random augmentations drawn on the GPU use it)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+
+def set_rng_state(saved: dict[str, Any], device: torch.device) -> None:
+    """Restore what :func:`rng_state` saved (a CUDA state only onto a CUDA device)."""
+    torch.set_rng_state(saved["rng"])
+    if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+
+
+# --- TensorBoard -----------------------------------------------------------------------------------
+
+def tensorboard_writer(folder: str | Path | None, desc: str) -> Any:
+    """A ``SummaryWriter`` logging to ``folder`` (given to :func:`train`), or to a new run
+    ``<$WORKBOOK_TENSORBOARD>/<NNN>-<desc>`` when that variable is set (``python -m helpers.run
+    --tensorboard`` sets it per notebook execution); ``None`` when neither asks for logging."""
+    if folder is None:
+        parent = os.environ.get(TENSORBOARD_ENV)
+        if not parent:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in desc) or "train"
+        folder = Path(parent) / f"{next(_RUNS):03d}-{safe}"
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError(f"TensorBoard logging needs the tensorboard package ({err}); install it "
+                          f"with pip install -e '.[tensorboard]' (make does)") from None
+    return SummaryWriter(log_dir=str(folder))
+
+
+def log_epoch(writer: Any, row: dict[str, Any], examples: int) -> None:
+    """Write one epoch's scalars: losses and accuracies (``train/loss``, ``val/acc``...), the
+    learning rate and the throughput in examples (or target tokens) per second."""
+    step = row["epoch"]
+    for key, value in row.items():
+        if key in ("epoch", "seconds") or not isinstance(value, (int, float)):
+            continue
+        split, _, metric = key.partition("_")
+        writer.add_scalar(f"{split}/{metric}" if metric else key, value, step)
+    if row.get("seconds"):
+        writer.add_scalar("throughput/examples_per_s", examples / row["seconds"], step)
+    writer.flush()
+
+
 # --- checkpoint state ------------------------------------------------------------------------------
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -231,7 +316,8 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
           loss_fn: Callable[[nn.Module, Data, str], tuple[torch.Tensor, torch.Tensor, int]] | None = None,
           on_step: Callable[[int], None] | None = None,
           checkpoint: str | Path | None = None, checkpoint_every: int = 200,
-          progress: bool = True, desc: str = "train") -> History:
+          progress: bool = True, desc: str = "train",
+          tensorboard: str | Path | None = None) -> History:
     """Train ``model`` in place and return its :class:`History`.
 
     ``patience``: stop after that many epochs without improvement of ``monitor`` (default
@@ -242,6 +328,11 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
     augmentation; it may use torch's global RNG, which checkpoints save). ``loss_fn(model, batch,
     task)`` replaces the default cross-entropy (class weights, focal loss, ...) and returns
     ``(mean loss, correct predictions, batch size)`` like :func:`batch_loss`.
+    ``bf16`` autocast is used only where the device supports it (:func:`use_bf16`).
+    ``tensorboard``: a folder to log each epoch's scalars to as TensorBoard event files (loss,
+    accuracy, learning rate, throughput; see :func:`tensorboard_writer`, which also honours
+    ``$WORKBOOK_TENSORBOARD``); off by default. Logging reads only what the epoch row already holds,
+    so it changes no number.
     """
     if task not in TASKS:
         raise ValueError(f"train: task={task!r} is not allowed: expected one of {TASKS}")
@@ -250,6 +341,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"'epochs'={epochs!r} and 'batch_size'={batch_size!r} must be >= 1")
     device = torch.device(device) if device else next(model.parameters()).device
+    bf16 = use_bf16(bf16, device)
     model.to(device)
     train_mode(model)
     monitor = monitor or ("val_acc" if task == "classify" else "val_loss")
@@ -273,7 +365,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
+        set_rng_state(saved, device)
         history = History.from_dict(json.loads(saved["history"]))
         start_epoch, start_step = saved["epoch"], saved["step_in_epoch"]
         best_value, best_state, bad_epochs = saved["best_value"], saved["best_state"], saved["bad_epochs"]
@@ -287,13 +379,14 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
             return
         _save_state(checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+            "scheduler": scheduler.state_dict(), **rng_state(device),
             "history": json.dumps(history.to_dict()), "epoch": epoch, "step_in_epoch": step_in_epoch,
             "best_value": best_value, "best_state": best_state, "bad_epochs": bad_epochs,
             "sums": sums.cpu(), "count": count, "done": done})
 
     from tqdm.auto import tqdm
 
+    writer = tensorboard_writer(tensorboard, desc)
     bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch + start_step,
                desc=desc, disable=not progress, leave=False)
     clock = time.perf_counter()
@@ -330,6 +423,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
                                    "train_acc": correct_sum / count, "lr": scheduler.get_last_lr()[0],
                                    "seconds": time.perf_counter() - epoch_clock}
             history.examples_seen += count  # images, or target tokens for lm
+            examples = count
             sums.zero_()
             count = 0
             if val_data is not None:
@@ -340,6 +434,8 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
             for hook in on_epoch_end:
                 hook(epoch + 1, model, row)
             history.rows.append(row)
+            if writer is not None:
+                log_epoch(writer, row, examples)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("train_loss", monitor)})
 
             value = row[monitor]
@@ -360,6 +456,8 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
         raise
     finally:
         bar.close()
+        if writer is not None:
+            writer.close()
         history.wall_time += time.perf_counter() - clock
 
     if patience is not None and best_state is not None:

@@ -176,3 +176,60 @@ def test_vision_augment_keeps_shape_and_range():
     images = torch.rand(5, 1, 28, 28)
     out = augment(images)
     assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1 and not torch.equal(out, images)
+
+
+def test_tensorboard_logs_the_epoch_scalars_and_changes_no_number(tmp_path, monkeypatch):
+    """The one test that writes TensorBoard event files: read them back."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    plain_model, plain = _run()
+    logged_model, logged = _run(tensorboard=tmp_path / "tb")
+    assert _same(plain_model, logged_model)  # logging changes no weight
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "throughput/examples_per_s"} <= tags
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [step for step, _ in loss] == [1, 2]
+    assert [v for _, v in loss] == pytest.approx([row["train_loss"] for row in logged.rows], rel=1e-6)
+    assert all(e.value > 0 for e in events.Scalars("throughput/examples_per_s"))
+    # $WORKBOOK_TENSORBOARD (python -m helpers.run --tensorboard): one numbered run per train() call
+    monkeypatch.setenv("WORKBOOK_TENSORBOARD", str(tmp_path / "runs"))
+    _run(desc="probe a/b")
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].endswith("-probe_a_b") and list((tmp_path / "runs" / runs[0]).iterdir())
+
+
+def test_bf16_only_where_the_device_supports_it(monkeypatch):
+    from helpers import train as tr
+
+    assert tr.bf16_supported("cpu") and tr.use_bf16(True, torch.device("cpu"))
+    assert tr.use_bf16(False, torch.device("cpu")) is False
+    tr.bf16_supported.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    with pytest.warns(UserWarning, match="not supported natively on cuda"):
+        assert tr.use_bf16(True, torch.device("cuda")) is False  # e.g. a T4 or V100: fp32 instead
+    tr.bf16_supported.cache_clear()
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert tr.use_bf16(True, torch.device("cuda")) is True  # an A100/H100
+    tr.bf16_supported.cache_clear()
+
+
+def test_resume_state_includes_the_cuda_generator(monkeypatch):
+    """On a CUDA device the saved state holds the GPU's generator too, and resuming restores it
+    (checked with a stand-in for torch.cuda, as the tests run on CPUs)."""
+    from helpers import train as tr
+
+    cpu = tr.rng_state(torch.device("cpu"))
+    assert cpu["cuda_rng"] is None and torch.equal(cpu["rng"], torch.get_rng_state())
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, 8], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.update(state=state, device=device))
+    state = tr.rng_state(torch.device("cuda:1"))
+    assert state["cuda_rng"].tolist() == [7, 8]
+    tr.set_rng_state(state, torch.device("cuda:1"))
+    assert restored["state"].tolist() == [7, 8] and restored["device"] == torch.device("cuda:1")
+    restored.clear()
+    tr.set_rng_state(state, torch.device("cpu"))  # a CUDA state is not pushed onto a CPU run
+    assert not restored
