@@ -356,13 +356,13 @@ def recall_figure(recall: Sequence[float], train_counts: Sequence[float], acc_as
     recall, counts = np.asarray(recall, dtype=float), np.asarray(train_counts, dtype=float)
     if recall.shape != counts.shape:
         raise ValueError(f"recall has {recall.size} classes but train_counts {counts.size}")
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(8.5, 3.4))
     colours = plt.cm.viridis(np.log(counts) / max(np.log(counts.max()), 1e-9) * 0.85)
     ax.bar(range(len(recall)), recall, color=colours)
     ax.axhline(acc_as_trained, color="tab:red", ls="--", label=f"accuracy as trained {acc_as_trained:.2f}")
     ax.axhline(balanced_acc, color="black", ls=":", label=f"balanced accuracy {balanced_acc:.2f}")
     ax.set_xticks(range(len(recall)), [f"{c}\n({n:.0f})" for c, n in enumerate(counts)])
     ax.set(ylim=(0, 1.05), ylabel="test recall", xlabel="class (training examples)", title=title)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: bars fill any corner
     fig.tight_layout()
     return fig
