@@ -292,7 +292,7 @@ def test_peft_table_and_lora_ablation(tiny):
                                 budgets=[4], seeds=[0, 1], lora_rank=2, **kw)
     table = text.peft_table(runs, 4)
     assert list(table.index) == ["prompt", "lora", "full"]   # fewest trainable first
-    ablation = text.lora_ablation(gpt, task, pool, test, ranks=[1, 2], budget=4, seeds=[0, 1], reuse=runs,
+    ablation = text.lora_ablation(gpt, task, pool, test, ranks=[1, 2], budget=4, seeds=[0, 1], reuse=runs, lora_rank=9,
                                   reuse_rank=2, **kw)
     assert list(ablation.index) == [(t, r) for t in text.LORA_TARGET_SETS for r in (1, 2)]
     assert (ablation["seeds"] == 2).all()

@@ -18,6 +18,7 @@ import copy
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -78,7 +79,9 @@ class GPTClassifier(nn.Module):
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """The last layer's hidden states of the text's tokens (the first ``n_positions - reserved``)."""
         ids = ids[:, :self.transformer.config.n_positions - self.reserved]
-        return self.transformer(ids).last_hidden_state[:, -ids.shape[1]:]   # virtual tokens dropped
+        with warnings.catch_warnings():   # peft's prefix tuning passes GPT-2 the keyword it is renaming
+            warnings.filterwarnings("ignore", ".*past_key_values.*", FutureWarning)
+            return self.transformer(ids).last_hidden_state[:, -ids.shape[1]:]   # virtual tokens dropped
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         hidden = self.hidden(ids)

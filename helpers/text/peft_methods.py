@@ -242,14 +242,15 @@ def lora_ablation(base: Any, task: Any, pool: torch.Tensor, test: torch.Tensor, 
                   reuse: Sequence[Any] = (), reuse_rank: int | None = None, progress: bool = True,
                   **finetune_kw: Any):
     """LoRA at every rank x target set (default :data:`LORA_TARGET_SETS`), ``budget`` labels per
-    class, every seed: one row per (targets, rank) with accuracy mean and std, trainable parameters
-    and seconds. ``reuse``: LoRA runs already made at ``reuse_rank`` with the default targets
+    class, every seed: one row per (targets, rank) with accuracy mean and std, trainable parameters,
+    seconds and forgetting (with LoRA on; NaN unless ``forget_blocks`` is among ``finetune_kw``). ``reuse``: LoRA runs already made at ``reuse_rank`` with the default targets
     (:data:`LORA_TARGETS`) on the same budget and seeds, counted instead of run again."""
     import pandas as pd
 
     from .finetune import compare_methods
 
     target_sets = target_sets or LORA_TARGET_SETS
+    finetune_kw = {k: v for k, v in finetune_kw.items() if k not in ("lora_rank", "lora_targets")}
     rows = []
     for name, targets in target_sets.items():
         for rank in ranks:
@@ -262,9 +263,10 @@ def lora_ablation(base: Any, task: Any, pool: torch.Tensor, test: torch.Tensor, 
                                        **finetune_kw)
             rows += [{"targets": name, "rank": rank, "seed": r.seed, "accuracy": r.accuracy,
                       "trainable": r.trainable_params, "trainable_%": 100 * r.trainable_params / r.total_params,
-                      "seconds": r.seconds} for r in runs]
+                      "seconds": r.seconds, "forgetting_%": 100 * r.forgetting} for r in runs]
     frame = pd.DataFrame(rows)
     table = frame.groupby(["targets", "rank"], sort=False).agg(
         acc_mean=("accuracy", "mean"), acc_std=("accuracy", "std"), seeds=("seed", "count"),
-        trainable=("trainable", "first"), trainable_pct=("trainable_%", "first"), seconds=("seconds", "mean"))
+        trainable=("trainable", "first"), trainable_pct=("trainable_%", "first"), seconds=("seconds", "mean"),
+        forgetting_mean=("forgetting_%", "mean"))
     return table.rename(columns={"trainable_pct": "trainable_%"}).fillna({"acc_std": 0.0})
