@@ -410,3 +410,16 @@ def test_image_folder_errors_name_the_folder_and_what_was_expected(store, tmp_pa
         data.image_folder(broken)
     with pytest.raises(ValueError, match="or the path of an image folder"):
         data.target_dataset("imagenet")
+
+
+def test_datasets_is_imported_only_for_a_saved_dataset_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    book = write_text_file(tmp_path / "book.txt", 2_000)
+    script = ("import sys; from helpers import config, data; config.resolve('smoke', text_corpus=sys.argv[1], "
+              "text_chars=1_000); data.user_corpus(sys.argv[1]); assert 'datasets' not in sys.modules, 'imported'")
+    proc = subprocess.run([sys.executable, "-c", script, str(book)], capture_output=True, text=True,
+                          env={**os.environ, "WORKBOOK_STORE": str(tmp_path / "store")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
