@@ -25,6 +25,7 @@ from .plan import Job
 
 RESULTS_ENV = "WORKBOOK_RESULTS"
 STATIC_ENV = "WORKBOOK_STATIC"  # tells helpers.widgets there is no live frontend
+TENSORBOARD_ENV = "WORKBOOK_TENSORBOARD"  # helpers.train logs TensorBoard runs below it (--tensorboard)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -189,8 +190,9 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
     output = out / f"{job.name}.ipynb"
     log = out / "logs" / f"{job.name}.log"
     started = time.perf_counter()
+    tensorboard = str(out / job.tensorboard) if job.tensorboard else ""  # "": no logging
     with _env(RESULTS_ENV, str(out / f"{job.name}.results.json")), _env(STATIC_ENV, "1"), \
-            _kernel_log(log), PeakRss() as rss:
+            _env(TENSORBOARD_ENV, tensorboard), _kernel_log(log), PeakRss() as rss:
         try:
             papermill.execute_notebook(
                 str(job.notebook), str(output), parameters=job.parameters, kernel_name="python3",

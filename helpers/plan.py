@@ -271,6 +271,7 @@ class Job:
     slowest_cells: list[dict[str, Any]] = field(default_factory=list)
     sections: list[dict[str, Any]] = field(default_factory=list)  # seconds per "## " section, in order
     finished: str | None = None  # when it ended (local time)
+    tensorboard: str | None = None  # --tensorboard: its train() runs log there (relative to the out folder)
     earlier: bool = False  # recorded in an earlier session of this run folder and kept by --resume
 
     def index(self, out: Path) -> dict[str, Any]:

@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                         help="run on the running Dask cluster whose scheduler is there (its workers "
                              "must share the repository and --out folder)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="every train() call logs its scalars as TensorBoard event files under "
+                             "<out>/tensorboard/<execution>/ (needs the tensorboard extra); view "
+                             "them with: tensorboard --logdir <out>/tensorboard")
     parser.add_argument("--resume", action="store_true",
                         help="continue the batch in --out (default: the newest runs/*/ with a "
                              "batch.json), skipping executions that already succeeded there")
@@ -215,6 +219,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
     jobs = plan_jobs(notebooks, folder, args.profile, params, sweeps)
     if previous is not None:
         jobs = merge_previous(jobs, previous, out)
+    if args.tensorboard:
+        for job in jobs:
+            if not job.earlier:
+                job.tensorboard = f"tensorboard/{job.name}"
     return Plan(args.profile, params, sweeps, out, args.timeout, jobs, args.jobs, previous,
                 cluster=args.cluster, scheduler=args.scheduler)
 

@@ -15,7 +15,9 @@ from helpers.claims import claim
 P = resolve(PROFILE, seed=SEED, **OVERRIDES)
 record("lr_used", P.lr)
 record("steps", {"small": 1, "large": 2})
-claim("lr is small", P.lr < 2e-3, {"lr": P.lr})
+import os
+record("tensorboard_folder", os.environ.get("WORKBOOK_TENSORBOARD"))
+claim("lr is small", P.lr < 2e-3, {"lr": P.lr})  # asserted in quick: the last line
 """
 
 
@@ -25,8 +27,12 @@ def test_compare_two_batches(tmp_path: Path, capsys):
     _notebook(nbs / "00_lr.ipynb", BODY)
     a, b = tmp_path / "a", tmp_path / "b"
     assert run.main(_cli(nbs, a, "00", "-p", "lr=1e-3")) == 0
-    assert run.main(_cli(nbs, b, "00", "-p", "lr=3e-3")) == 1  # the claim fails in quick
+    assert run.main(_cli(nbs, b, "00", "-p", "lr=3e-3", "--tensorboard")) == 1  # the claim fails
     capsys.readouterr()
+    # --tensorboard hands each execution its own folder for helpers.train's event files
+    recorded = [json.loads((x / "00_lr.results.json").read_text())["metrics"]["tensorboard_folder"]
+                for x in (a, b)]
+    assert recorded == ["", str(b / "tensorboard" / "00_lr")]
 
     assert run.main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp.md")]) == 0
     text = capsys.readouterr().out
