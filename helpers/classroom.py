@@ -83,6 +83,40 @@ class ExerciseNotDone(NotImplementedError):
     """
 
 
+#: Environment variable naming a file: when set, every check appends the reference values it
+#: compared with (scalars only) as one JSON line, so a test can search the student versions for
+#: them -- a check that printed its answer, or a task that quoted it, would be found.
+REFERENCE_LOG = "WORKBOOK_CHECK_LOG"
+
+
+def _log_reference(check: str, reference: Any) -> None:
+    import json
+    import os
+
+    path = os.environ.get(REFERENCE_LOG)
+    if not path:
+        return
+    values: list[float] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+        elif _is_number(value):
+            values.append(float(value))
+        else:
+            array = _as_array(value)
+            if array is not None and array.size <= 16 and array.dtype.kind in "iuf":
+                values.extend(float(x) for x in array.reshape(-1))
+
+    collect(reference)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps({"check": check, "values": values}) + "\n")
+
+
 def _not_done(value: Any) -> bool:
     return value is None or value is Ellipsis
 
@@ -179,6 +213,7 @@ def check_value(value: Any, reference: Any, *, hint: str, rtol: float = 1e-6, at
     if _not_done(value):
         raise ExerciseNotDone(f"Exercise not done yet: the answer is still {value!r}; "
                               f"write it in the exercise cell above and run that cell first")
+    _log_reference("check_value", reference)
     why = _difference(value, reference, rtol, atol)
     if why:
         raise _fail(hint, why)
@@ -219,6 +254,7 @@ def check_function(student_fn: Any, reference_fn: Any, cases: Any, *, hint: str,
         raise ValueError("check_function needs at least one case")
     for number, case in enumerate(cases, 1):
         expected = _call(reference_fn, case)
+        _log_reference("check_function", expected)
         try:
             answer = _call(student_fn, case)
         except NotImplementedError:
@@ -304,17 +340,27 @@ def _tags(cell: Any) -> list[str]:
 
 
 def _task_text(cells: Sequence[Any], index: int) -> str:
-    """The exercise's task: the solution cell's ``exercise`` metadata, else the first line of the
-    nearest markdown cell above it."""
+    """The exercise's task: the solution cell's ``exercise`` metadata, else the first paragraph of
+    the nearest markdown cell above it (only its first line when that is a heading), without
+    markdown emphasis, at most 160 characters."""
     explicit = cells[index].get("metadata", {}).get(EXERCISE)
     if explicit:
         return " ".join(str(explicit).split())
     for cell in reversed(cells[:index]):
         if cell.cell_type == "markdown":
+            paragraph: list[str] = []
             for line in cell.source.splitlines():
-                text = re.sub(r"^[#>*\-\s]+|[*_`]+", "", line).strip()
-                if text:
-                    return text if len(text) <= 160 else text[:157] + "..."
+                if not line.strip():
+                    if paragraph:
+                        break
+                    continue
+                paragraph.append(line)
+                if line.lstrip().startswith("#"):
+                    break
+            text = " ".join(" ".join(paragraph).split())
+            text = re.sub(r"^[#>*\-\s]+", "", re.sub(r"\*\*|__|`", "", text)).strip()
+            if text:
+                return text if len(text) <= 160 else text[:157] + "..."
             break
     return "see the task above"
 
@@ -443,6 +489,56 @@ def student_version(nb: Any) -> tuple[Any, int]:
     return student, exercises
 
 
+KINDS = ("implement", "predict", "design")
+_EXERCISE_TITLE = re.compile(r"Exercise\s*([\d.]+)?\s*(?:\(([^)]*)\))?\s*[:\u2014\-]*\s*(.*)", re.I)
+
+
+def exercises(nb: Any) -> list[dict[str, str]]:
+    """The exercises of notebook ``nb``, in order: ``number``, ``kind`` (implement / predict /
+    design, from "**Exercise 2.1 (predict, then measure)** — ..."; empty when the title names
+    none) and ``task`` (the rest of the title line). What the teacher's guide lists."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or SOLUTION not in _tags(cell):
+            continue
+        title = _task_text(nb.cells, index)
+        match = _EXERCISE_TITLE.search(title)
+        number, kind, task = match.groups() if match else (None, None, title)
+        kind_word = next((k for k in KINDS if kind and k in kind.lower()), "")
+        task = re.split(r"(?<=[.?!])\s", (task or title).strip(), maxsplit=1)[0]  # its first sentence
+        found.append({"number": (number or str(len(found) + 1)).rstrip("."), "kind": kind_word,
+                      "task": task.rstrip(".").removesuffix("...")})
+    return found
+
+
+def exercise_table(paths: Sequence[Path]) -> str:
+    """A markdown table of every exercise of the notebooks at ``paths`` (notebook, exercise, kind, task)."""
+    import nbformat
+
+    rows = ["| notebook | exercise | kind | task |", "|---|---|---|---|"]
+    for path in paths:
+        for ex in exercises(nbformat.read(path, as_version=4)):
+            task = ex["task"].replace("|", "\\|")
+            rows.append(f"| {path.stem[:2]} | {ex['number']} | {ex['kind'] or '?'} | {task} |")
+    return "\n".join(rows)
+
+
+def with_solutions(student: Any, instructor: Any) -> Any:
+    """The student version ``student`` with the instructor's solutions pasted back into its exercise
+    cells: what a learner who solved every exercise hands in (the tests run it: every check passes).
+    """
+    pasted = copy.deepcopy(student)
+    if len(pasted.cells) != len(instructor.cells):
+        raise ValueError("the student version does not come from this instructor notebook "
+                         f"({len(pasted.cells)} cells against {len(instructor.cells)})")
+    for index, (cell, original) in enumerate(zip(pasted.cells, instructor.cells)):
+        if EXERCISE in _tags(cell):
+            if SOLUTION not in _tags(original):
+                raise ValueError(f"cell {index}: an exercise in the student version, no solution here")
+            cell.source = original.source
+    return pasted
+
+
 # --------------------------------------------------------------------------------------------
 # nbgrader metadata
 # --------------------------------------------------------------------------------------------
@@ -566,6 +662,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="by path, file name, stem or number (default: every NN_*.ipynb)")
     student.add_argument("--notebooks-dir", type=Path, default=None,
                          help="where NN_*.ipynb live (default: notebooks/ in the repository)")
+    listing = commands.add_parser(
+        "exercises", help="list every exercise (notebook, number, kind, task) as a markdown table",
+        description="Print a markdown table of the exercises: the list in docs/teaching.md.")
+    listing.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                         help="by path, file name, stem or number (default: every NN_*.ipynb)")
+    listing.add_argument("--notebooks-dir", type=Path, default=None,
+                         help="where NN_*.ipynb live (default: notebooks/ in the repository)")
     stamp_ = commands.add_parser(
         "stamp", help="write nbgrader's cell metadata from the solution/check tags",
         description="Give every solution cell nbgrader's 'autograded answer' metadata and every "
@@ -590,6 +693,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     folder = (args.notebooks_dir or repo_root() / "notebooks").resolve()
+    if args.command == "exercises":
+        try:
+            print(exercise_table(_notebooks(args.notebooks, folder)))
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "stamp":
         try:
             paths = _notebooks(args.notebooks, folder)

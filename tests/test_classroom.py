@@ -92,7 +92,7 @@ def test_task_text_comes_from_metadata_or_the_markdown_above():
     nb.cells[2].metadata["exercise"] = "set y to two"
     student, n = classroom.student_version(nb)
     assert n == 2
-    assert "Exercise: Task: compute x (define x)." in student.cells[1].source
+    assert "Exercise: Task: compute x more text (define x)." in student.cells[1].source
     assert "Exercise: set y to two (define y)." in student.cells[2].source
     assert nb.cells[1].source == "x = 1"  # the instructor notebook is untouched
 
@@ -319,3 +319,34 @@ def test_stamp_writes_nbgrader_metadata_from_the_tags_and_nothing_else(tmp_path,
     assert classroom.main(["stamp", "--check", *base]) == 0  # idempotent
     assert classroom.main(["stamp", "99", *base]) == 2
 
+
+
+def test_solutions_pasted_back_give_the_instructor_notebook_without_its_hidden_tests():
+    """What the paste-back test of tests/test_notebooks.py executes, checked here for every notebook:
+    the student version plus the solutions is the instructor version, minus hidden tests."""
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        pasted = classroom.with_solutions(classroom.student_version(nb)[0], nb)
+        expected = [classroom.strip_hidden_tests(c.source) if "check" in c.metadata.get("tags", []) else c.source
+                    for c in nb.cells]
+        assert [c.source for c in pasted.cells] == expected, path.name
+    nb = new_notebook(cells=[_cell("x = 1", "solution")])
+    with pytest.raises(ValueError, match="does not come from"):
+        classroom.with_solutions(classroom.student_version(nb)[0], new_notebook(cells=[]))
+
+
+def test_exercises_are_listed_with_number_kind_and_task(tmp_path, capsys):
+    nb = new_notebook(cells=[
+        _cell("**Exercise 2.1 (predict, then measure)** — the GPT's perplexity. Before it trains: guess.",
+              markdown=True),
+        _cell("P = None\n### BEGIN SOLUTION\nP = 3\n### END SOLUTION", "solution"),
+        _cell("### Exercise: a heading task\nwith more text below", markdown=True),
+        _cell("y = 2", "solution")])
+    assert classroom.exercises(nb) == [
+        {"number": "2.1", "kind": "predict", "task": "the GPT's perplexity"},
+        {"number": "2", "kind": "", "task": "a heading task"}]
+    course = tmp_path / "notebooks"
+    course.mkdir()
+    write_notebook(nb, course / "02_x.ipynb")
+    assert classroom.main(["exercises", "--notebooks-dir", str(course)]) == 0
+    assert "| 02 | 2.1 | predict | the GPT's perplexity |" in capsys.readouterr().out

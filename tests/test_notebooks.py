@@ -15,15 +15,19 @@ train it through ``load_or_train``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import nbformat
 import papermill as pm
 import pytest
 
+from helpers.classroom import CHECK, REFERENCE_LOG, SOLUTION
 from helpers.config import KNOBS, PROFILES
 from helpers.plan import SPECIAL_PARAMETERS, check_declared, notebook_parameters
 
@@ -75,7 +79,9 @@ def test_notebook_runs_in_smoke_under_nbval(notebook, tmp_path, shared_store):
     pm.execute_notebook(str(notebook), str(prepared), parameters=parameters, prepare_only=True,
                         kernel_name="python3")
     results = tmp_path / f"{notebook.stem}.results.json"
-    env = {**os.environ, "WORKBOOK_STORE": str(shared_store), "WORKBOOK_RESULTS": str(results)}
+    references = tmp_path / "references.jsonl"  # what the exercise checks compared with (REFERENCE_LOG)
+    env = {**os.environ, "WORKBOOK_STORE": str(shared_store), "WORKBOOK_RESULTS": str(results),
+           REFERENCE_LOG: str(references)}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
                            "--rootdir", str(tmp_path), str(prepared)],
@@ -89,6 +95,39 @@ def test_notebook_runs_in_smoke_under_nbval(notebook, tmp_path, shared_store):
     for name, value in values.items():  # each declared knob arrived under its own name
         assert recorded["params"][name] == value, (name, recorded["params"][name], value)
     assert seconds < SMOKE_SECONDS * 2, f"{notebook.name}: {seconds:.0f} s in smoke"
+    assert_no_reference_leaks(notebook, references)
+
+
+def reference_forms(value: float) -> list[str]:
+    """How a reference value would be written if a task or check gave it away: 3 or 4 significant
+    digits, or a percentage. Round or short values (0, 1, 0.5, 10) say nothing and are skipped."""
+    if not math.isfinite(value) or value == int(value):
+        return []
+    if len(re.sub(r"e.*$", "", f"{abs(value):.3g}").replace(".", "").lstrip("0")) < 3:
+        return []
+    forms = {f"{value:.3g}", f"{value:.4g}"}
+    if 0.001 <= abs(value) < 1:
+        forms.add(f"{value:.1%}")
+    return sorted(forms)
+
+
+def assert_no_reference_leaks(notebook: Path, log: Path) -> None:
+    """The student version of ``notebook`` quotes none of the reference values its checks compared
+    with in the run that wrote ``log`` (the instructor run: the same references a student's run has)."""
+    from helpers.classroom import student_version
+
+    nb = nbformat.read(notebook, as_version=4)
+    calls = sum(c.source.count("check_value(") + c.source.count("check_function(")
+                for c in nb.cells if CHECK in c.metadata.get("tags", []))
+    if not calls:
+        return
+    entries = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    assert entries, f"{notebook.name}: its checks ran but logged no reference ({REFERENCE_LOG})"
+    student, _ = student_version(nb)
+    text = "\n".join(c.source for c in student.cells)
+    leaks = {form for entry in entries for value in entry["values"] for form in reference_forms(value)
+             if re.search(rf"(?<![\d.]){re.escape(form)}(?![\d])", text)}
+    assert not leaks, f"{notebook.name}: the student version quotes reference values {sorted(leaks)}"
 
 
 @pytest.mark.claims
@@ -106,14 +145,65 @@ EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if '"solution"' in p.read_text()]
 @pytest.mark.notebooks
 @pytest.mark.parametrize("notebook", EXERCISE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_student_version_stops_at_its_first_exercise(notebook, tmp_path, shared_store, monkeypatch):
-    """The handout runs up to the first exercise and fails there, with the stub's message."""
-    from helpers.classroom import write_student_versions
+    """The handout runs up to the first exercise and fails there, with a message naming its task."""
+    from helpers.classroom import _task_text, write_student_versions
 
     [(student, exercises)] = write_student_versions(tmp_path / "student", [notebook])
     assert exercises >= 1
+    instructor = nbformat.read(notebook, as_version=4)
+    first = next(i for i, c in enumerate(instructor.cells) if SOLUTION in c.metadata.get("tags", []))
+    task = _task_text(instructor.cells, first)
     monkeypatch.setenv("WORKBOOK_STORE", str(shared_store))
     monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "student.results.json"))
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(str(student), str(tmp_path / "out.ipynb"), parameters={"PROFILE": "smoke"},
                             kernel_name="python3", progress_bar=False, cwd=str(notebook.parent))
     assert err.value.ename == "NotImplementedError" and "Exercise" in err.value.evalue
+    assert task in err.value.evalue, (task, err.value.evalue)
+
+
+# Executed with the solutions pasted back: two short notebooks (every notebook's pasted-back version
+# equals its instructor version minus hidden tests, tests/test_classroom.py, and those run above).
+PASTE_BACK = [p for p in EXERCISE_NOTEBOOKS if p.stem in ("01_pretrain_cnn", "06_overfitting")]
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("notebook", PASTE_BACK, ids=lambda p: p.stem)
+def test_student_version_with_the_solutions_pasted_back_passes_every_check(notebook, tmp_path, shared_store,
+                                                                          monkeypatch):
+    from helpers.classroom import with_solutions, write_student_versions
+
+    [(student_path, exercises)] = write_student_versions(tmp_path / "student", [notebook])
+    pasted = with_solutions(nbformat.read(student_path, as_version=4), nbformat.read(notebook, as_version=4))
+    nbformat.write(pasted, student_path)
+    monkeypatch.setenv("WORKBOOK_STORE", str(shared_store))
+    monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "student.results.json"))
+    start = time.perf_counter()
+    ran = pm.execute_notebook(str(student_path), str(tmp_path / "out.ipynb"), parameters={"PROFILE": "smoke"},
+                              kernel_name="python3", progress_bar=False, cwd=str(notebook.parent))
+    seconds = time.perf_counter() - start
+    checks = [c for c in ran.cells if CHECK in c.metadata.get("tags", [])]
+    said = ["".join(o.get("text", "") for o in c.outputs) for c in checks]
+    assert len(checks) >= exercises >= 2
+    assert all("Correct" in text or "you predicted" in text for text in said), said
+    print(f"{notebook.stem}: {exercises} exercises solved, every check passed, {seconds:.0f} s in smoke")
+
+
+def test_the_leak_search_finds_a_task_that_quotes_its_answer(tmp_path):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    check = new_code_cell("check_value(acc, reference(), hint='h')", metadata={"tags": [CHECK]})
+    nb = new_notebook(cells=[new_markdown_cell("Compute `acc` (it should come out near 0.8123)."),
+                             new_code_cell("acc = None", metadata={"tags": [SOLUTION]}), check])
+    path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, path)
+    log = tmp_path / "references.jsonl"
+    log.write_text(json.dumps({"check": "check_value", "values": [0.81234, 3.0]}) + "\n")
+    with pytest.raises(AssertionError, match=r"quotes reference values \['0.8123'\]"):
+        assert_no_reference_leaks(path, log)
+    nb.cells[0].source = "Compute `acc`, the fraction of correct answers."
+    nbformat.write(nb, path)
+    assert_no_reference_leaks(path, log)
+    log.unlink()
+    with pytest.raises(AssertionError, match="logged no reference"):
+        assert_no_reference_leaks(path, log)
