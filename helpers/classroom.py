@@ -604,6 +604,65 @@ def stamp_notebook(path: Path, *, write: bool = True) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Google Colab
+# --------------------------------------------------------------------------------------------
+
+COLAB_CELL_ID = "colab-setup"
+COLAB_FOLDER = "/content/workbook"
+_COLAB_REPO = re.compile(r'^WORKBOOK_REPO = "(.*)"', re.M)
+
+
+def colab_cell_source(repo: str = "") -> str:
+    """The first code cell of every notebook: on Google Colab it clones the workbook from ``repo``
+    and installs it (Colab has a notebook, not the repository); anywhere else it only imports
+    ``sys``. It runs before the parameters cell, so a batch run or the tests pass through it."""
+    if '"' in repo or "\\" in repo or "\n" in repo:
+        raise UsageError(f"--repo {repo!r}: expected a git URL without quotes or backslashes")
+    return f"""# On Google Colab: fetch and install the workbook first (a minute or two). Anywhere else: nothing happens.
+import sys
+
+WORKBOOK_REPO = "{repo}"  # its git URL: `python -m helpers.classroom colab --repo URL` sets it in every notebook
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+
+    if not WORKBOOK_REPO:
+        raise RuntimeError("On Colab this notebook needs the workbook's code: set WORKBOOK_REPO above to "
+                           "the workbook's git URL and run this cell again")
+    if not os.path.isdir("{COLAB_FOLDER}"):
+        subprocess.run(["git", "clone", "--depth", "1", WORKBOOK_REPO, "{COLAB_FOLDER}"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", "{COLAB_FOLDER}"], check=True)
+    sys.path.insert(0, "{COLAB_FOLDER}")  # importable now, without restarting the runtime
+    os.chdir("{COLAB_FOLDER}/notebooks")"""
+
+
+def add_colab_cell(path: Path, repo: str | None = None) -> bool:
+    """Put the Colab set-up cell (:func:`colab_cell_source`) right after the title of notebook
+    ``path``, or bring the one there up to date; ``repo=None`` keeps the URL it already has.
+    Writes plain JSON as :func:`stamp_notebook` does; returns whether the notebook changed."""
+    import json
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = nb["cells"]
+    existing = [i for i, c in enumerate(cells) if c.get("id") == COLAB_CELL_ID]
+    if repo is None:
+        found = _COLAB_REPO.search("".join(cells[existing[0]]["source"])) if existing else None
+        repo = found.group(1) if found else ""
+    text = colab_cell_source(repo)
+    cell = {"cell_type": "code", "execution_count": None, "id": COLAB_CELL_ID, "metadata": {}, "outputs": [],
+            "source": text.splitlines(keepends=True)}
+    for i in reversed(existing):
+        del cells[i]
+    at = 1 if cells and cells[0]["cell_type"] == "markdown" else 0  # after the title
+    cells.insert(at, cell)
+    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if new == path.read_text(encoding="utf-8"):
+        return False
+    path.write_text(new, encoding="utf-8")
+    return True
+
+
+# --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
 
@@ -669,6 +728,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="by path, file name, stem or number (default: every NN_*.ipynb)")
     listing.add_argument("--notebooks-dir", type=Path, default=None,
                          help="where NN_*.ipynb live (default: notebooks/ in the repository)")
+    colab = commands.add_parser(
+        "colab", help="add or update the first cell that installs the workbook on Google Colab",
+        description="Put the Colab set-up cell after each notebook's title: on Colab it clones the "
+                    "workbook from --repo and installs it; elsewhere it does nothing.")
+    colab.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                       help="by path, file name, stem or number (default: every NN_*.ipynb)")
+    colab.add_argument("--repo", default=None,
+                       help="the workbook's git URL (default: keep the one the cells hold)")
+    colab.add_argument("--notebooks-dir", type=Path, default=None,
+                       help="where NN_*.ipynb live (default: notebooks/ in the repository)")
     stamp_ = commands.add_parser(
         "stamp", help="write nbgrader's cell metadata from the solution/check tags",
         description="Give every solution cell nbgrader's 'autograded answer' metadata and every "
@@ -693,6 +762,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     folder = (args.notebooks_dir or repo_root() / "notebooks").resolve()
+    if args.command == "colab":
+        try:
+            paths = _notebooks(args.notebooks, folder)
+            changed = [path for path in paths if add_colab_cell(path, args.repo)]
+        except UsageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"Colab set-up cell added or updated in {len(changed)} of {len(paths)} notebooks")
+        return 0
     if args.command == "exercises":
         try:
             print(exercise_table(_notebooks(args.notebooks, folder)))

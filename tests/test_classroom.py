@@ -350,3 +350,63 @@ def test_exercises_are_listed_with_number_kind_and_task(tmp_path, capsys):
     write_notebook(nb, course / "02_x.ipynb")
     assert classroom.main(["exercises", "--notebooks-dir", str(course)]) == 0
     assert "| 02 | 2.1 | predict | the GPT's perplexity |" in capsys.readouterr().out
+
+
+def test_the_colab_cell_installs_the_workbook_on_colab_only(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import types
+
+    source = classroom.colab_cell_source("https://example.org/workbook.git")
+    exec(compile(source, "colab", "exec"), {})  # not on Colab: nothing happens
+    calls = []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    monkeypatch.setattr(os.path, "isdir", lambda path: False)
+    monkeypatch.setattr(os, "chdir", lambda path: calls.append(["cd", path]))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    exec(compile(source, "colab", "exec"), {})
+    assert calls == [["git", "clone", "--depth", "1", "https://example.org/workbook.git", "/content/workbook"],
+                     [sys.executable, "-m", "pip", "install", "--quiet", "-e", "/content/workbook"],
+                     ["cd", "/content/workbook/notebooks"]]
+    assert sys.path[0] == "/content/workbook"
+    with pytest.raises(RuntimeError, match="set WORKBOOK_REPO"):
+        exec(compile(classroom.colab_cell_source(""), "colab", "exec"), {})
+    with pytest.raises(classroom.UsageError, match="without quotes"):
+        classroom.colab_cell_source('x"; import os')
+
+
+def test_add_colab_cell_puts_it_after_the_title_once_and_keeps_its_url(tmp_path, capsys):
+    course = tmp_path / "notebooks"
+    course.mkdir()
+    path = tiny_course(course / "01_tiny.ipynb")
+    base = ["--notebooks-dir", str(course)]
+    assert classroom.main(["colab", "--repo", "https://example.org/w.git", *base]) == 0
+    assert classroom.main(["colab", *base]) == 0  # again, without --repo: unchanged
+    assert "in 0 of 1 notebooks" in capsys.readouterr().out
+    nb = nbformat.read(path, as_version=4)
+    assert [c.id for c in nb.cells[:2]] == ["cell-0", classroom.COLAB_CELL_ID]
+    assert 'WORKBOOK_REPO = "https://example.org/w.git"' in nb.cells[1].source
+    assert sum(c.id == classroom.COLAB_CELL_ID for c in nb.cells) == 1
+    assert classroom.main(["colab", "--repo", 'bad"url', *base]) == 2
+
+
+def test_binder_installs_the_dependencies_first_and_the_workbook_after_the_copy():
+    """repo2docker installs binder/requirements.txt before the repository is copied in: no `-e .`
+    there (it would fail); postBuild, run in the copied repository, installs the workbook."""
+    import os
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = [line.strip() for line in (ROOT / "binder" / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line and not line.startswith(("#", "--"))]
+    assert not any(line.startswith("-e") or line in (".", "./") for line in lines)
+    assert sorted(requirements) == sorted(project["dependencies"])  # the same names and lower bounds
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    post_build = ROOT / "binder" / "postBuild"
+    assert os.access(post_build, os.X_OK) and post_build.read_text().startswith("#!/bin/bash")
+    assert re.search(r"^pip install .*-e \.$", post_build.read_text(), re.M)
+    runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
+    assert runtime == "python-" + project["requires-python"].removeprefix(">=")
