@@ -523,6 +523,25 @@ def exercise_table(paths: Sequence[Path]) -> str:
     return "\n".join(rows)
 
 
+_GUIDE_REGION = re.compile(r"(<!-- exercises (\d\d) -->\n)(.*?)(<!-- /exercises -->)", re.S)
+
+
+def fill_exercise_lists(text: str, paths: Sequence[Path]) -> str:
+    """``text`` (the teacher's guide) with every ``<!-- exercises NN -->`` ... ``<!-- /exercises -->``
+    region replaced by the list of notebook NN's exercises, one line each (number, kind, task)."""
+    import nbformat
+
+    by_number = {path.stem[:2]: path for path in paths}
+
+    def listing(match: re.Match) -> str:
+        path = by_number.get(match.group(2))
+        found = exercises(nbformat.read(path, as_version=4)) if path else []
+        lines = [f"- {ex['number']} *{ex['kind'] or 'exercise'}*: {ex['task']}" for ex in found] or ["- none yet"]
+        return match.group(1) + "\n".join(lines) + "\n" + match.group(4)
+
+    return _GUIDE_REGION.sub(listing, text)
+
+
 def with_solutions(student: Any, instructor: Any) -> Any:
     """The student version ``student`` with the instructor's solutions pasted back into its exercise
     cells: what a learner who solved every exercise hands in (the tests run it: every check passes).
@@ -728,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="by path, file name, stem or number (default: every NN_*.ipynb)")
     listing.add_argument("--notebooks-dir", type=Path, default=None,
                          help="where NN_*.ipynb live (default: notebooks/ in the repository)")
+    listing.add_argument("--write", type=Path, default=None, metavar="GUIDE",
+                         help="instead, refill the '<!-- exercises NN -->' lists of GUIDE (docs/teaching.md)")
     colab = commands.add_parser(
         "colab", help="add or update the first cell that installs the workbook on Google Colab",
         description="Put the Colab set-up cell after each notebook's title: on Colab it clones the "
@@ -773,7 +794,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "exercises":
         try:
-            print(exercise_table(_notebooks(args.notebooks, folder)))
+            paths = _notebooks(args.notebooks, folder)
+            if args.write:
+                if not args.write.is_file():
+                    raise UsageError(f"--write {args.write}: no such file")
+                args.write.write_text(fill_exercise_lists(args.write.read_text(), paths))
+                print(f"{args.write}: exercise lists refilled")
+            else:
+                print(exercise_table(paths))
         except UsageError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

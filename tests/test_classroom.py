@@ -350,6 +350,14 @@ def test_exercises_are_listed_with_number_kind_and_task(tmp_path, capsys):
     write_notebook(nb, course / "02_x.ipynb")
     assert classroom.main(["exercises", "--notebooks-dir", str(course)]) == 0
     assert "| 02 | 2.1 | predict | the GPT's perplexity |" in capsys.readouterr().out
+    guide = tmp_path / "teaching.md"
+    guide.write_text("## 02\n<!-- exercises 02 -->\nold\n<!-- /exercises -->\n## 03\n<!-- exercises 03 -->\n"
+                     "<!-- /exercises -->\n")
+    assert classroom.main(["exercises", "--write", str(guide), "--notebooks-dir", str(course)]) == 0
+    assert guide.read_text() == ("## 02\n<!-- exercises 02 -->\n- 2.1 *predict*: the GPT's perplexity\n"
+                                 "- 2 *exercise*: a heading task\n<!-- /exercises -->\n"
+                                 "## 03\n<!-- exercises 03 -->\n- none yet\n<!-- /exercises -->\n")
+    assert classroom.main(["exercises", "--write", str(tmp_path / "nope.md"), "--notebooks-dir", str(course)]) == 2
 
 
 def test_the_colab_cell_installs_the_workbook_on_colab_only(tmp_path, monkeypatch):
