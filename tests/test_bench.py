@@ -54,3 +54,22 @@ def test_a_missing_device_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     with pytest.raises(SystemExit):
         bench.main(["--device", "cuda", "--steps", "2"])
+
+
+def test_full_is_sized_for_one_gpu_and_larger_than_quick():
+    """`full`'s models and data fit one modern GPU with room to spare (weights, gradients and two
+    AdamW moments in fp32 = 16 bytes per parameter; the glyphs as float32), and it is no smaller
+    than `quick` anywhere that sets a size."""
+    from helpers.config import PROFILES
+    from helpers.models import SmallResNet, count_parameters, tiny_gpt
+
+    full, quick = PROFILES["full"], PROFILES["quick"]
+    cnn = count_parameters(SmallResNet(full["glyph_classes"], width=full["width"]))
+    gpt = count_parameters(tiny_gpt(full["vocab_size"], n_positions=full["seq_len"], n_embd=full["gpt_width"],
+                                    n_layer=full["gpt_layers"], n_head=full["gpt_heads"]))
+    training_state_gb = 16 * (cnn + gpt) / 2**30
+    glyphs_gb = full["glyph_classes"] * full["glyphs_per_class"] * 28 * 28 * 4 / 2**30
+    assert 1e6 < gpt < 5e7 and training_state_gb < 1 and glyphs_gb < 4
+    for knob in ("glyph_classes", "glyphs_per_class", "vocab_size", "seq_len", "epochs", "batch_size",
+                 "width", "gpt_width", "gpt_layers", "lm_epochs", "pretrain_epochs", "finetune_steps", "seeds"):
+        assert full[knob] >= quick[knob], knob
