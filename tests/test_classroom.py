@@ -418,3 +418,11 @@ def test_binder_installs_the_dependencies_first_and_the_workbook_after_the_copy(
     assert re.search(r"^pip install .*-e \.$", post_build.read_text(), re.M)
     runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
     assert runtime == "python-" + project["requires-python"].removeprefix(">=")
+
+
+def test_the_teachers_guide_has_a_section_and_an_exercise_list_per_notebook():
+    guide = (ROOT / "docs" / "teaching.md").read_text()
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        number = path.stem[:2]
+        assert f"\n### {number} · " in guide, f"docs/teaching.md has no section for {path.name}"
+        assert f"<!-- exercises {number} -->" in guide, f"docs/teaching.md lists no exercises of {path.name}"
