@@ -245,12 +245,13 @@ def environment() -> dict[str, Any]:
                            "torch threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpus"] = torch.cuda.device_count()
     with contextlib.suppress(ImportError):
         import psutil
         env["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
     for package in ("torchvision", "transformers", "tokenizers", "peft", "safetensors", "numpy",
                     "pandas", "scikit-learn", "matplotlib", "papermill", "ipykernel", "ipywidgets",
-                    "jupyterlab"):
+                    "jupyterlab", "dask", "distributed", "tensorboard"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             env[package] = metadata.version(package)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
