@@ -257,7 +257,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "pretrain_epochs": 4, "probe_per_class": 20, "budgets": [1, 3, 10, 30, 100],
               "finetune_steps": 60, "finetune_batch_size": 32,
               "sweep_lr_factors": [0.1, 0.3, 1, 3, 10, 30], "sweep_schedules": ["constant", "cosine", "warmup_cosine"],
-              "sweep_batch_sizes": [8, 32, 96], "sweep_weight_decays": [1e-4, 0.1, 1.0], "sweep_seeds": 2,
+              "sweep_batch_sizes": [8, 32], "sweep_weight_decays": [1e-4, 1.0], "sweep_seeds": 2,
               "sweep_tolerance": 0.02, "lr_finder_steps": 100, "method_lr_factors": [0.3, 1, 3],
               "methods": ["scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr",
                           "gradual_unfreezing", "full_ft_high_lr"]},

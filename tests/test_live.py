@@ -95,3 +95,11 @@ def test_pattern_run_uses_the_recipe():
     assert history.rows[0]["lr"] == pytest.approx(1.0)  # 1000 x lr, constant
     with pytest.raises(ValueError, match="pattern='wobbly'"):
         live.pattern_run("wobbly", task, SmallResNet(2, width=4), lr=1e-3, seed=0)
+
+
+def test_subset_is_a_seeded_random_part():
+    data = (torch.arange(50).float().view(50, 1), torch.arange(50))
+    part = live.subset(data, 10, seed=1)
+    assert len(part[1]) == 10 and torch.equal(part[0].view(-1).long(), part[1])
+    assert torch.equal(live.subset(data, 10, seed=1)[1], part[1]) and not torch.equal(live.subset(data, 10, 2)[1], part[1])
+    assert live.subset(data, 99, seed=0) is data
