@@ -447,8 +447,14 @@ def strip_hidden_tests(source: str) -> str:
     return "\n".join(out)
 
 
+def _first_sentence(text: str) -> str:
+    """``text`` up to its first full stop, question or exclamation mark (without a final full stop)."""
+    return re.split(r"(?<=[.?!])\s", text.strip(), maxsplit=1)[0].removesuffix("...").rstrip(".")
+
+
 def _stub_lines(solution: str, task: str, indent: str) -> list[str]:
     names = _defined_names(solution)
+    task = _first_sentence(task)
     message = task if task.lower().startswith("exercise") else f"Exercise: {task}"
     if names:
         message += f" (define {', '.join(names)})"
@@ -505,9 +511,8 @@ def exercises(nb: Any) -> list[dict[str, str]]:
         match = _EXERCISE_TITLE.search(title)
         number, kind, task = match.groups() if match else (None, None, title)
         kind_word = next((k for k in KINDS if kind and k in kind.lower()), "")
-        task = re.split(r"(?<=[.?!])\s", (task or title).strip(), maxsplit=1)[0]  # its first sentence
         found.append({"number": (number or str(len(found) + 1)).rstrip("."), "kind": kind_word,
-                      "task": task.rstrip(".").removesuffix("...")})
+                      "task": _first_sentence(task or title)})
     return found
 
 

@@ -146,13 +146,13 @@ EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if '"solution"' in p.read_text()]
 @pytest.mark.parametrize("notebook", EXERCISE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_student_version_stops_at_its_first_exercise(notebook, tmp_path, shared_store, monkeypatch):
     """The handout runs up to the first exercise and fails there, with a message naming its task."""
-    from helpers.classroom import _task_text, write_student_versions
+    from helpers.classroom import _first_sentence, _task_text, write_student_versions
 
     [(student, exercises)] = write_student_versions(tmp_path / "student", [notebook])
     assert exercises >= 1
     instructor = nbformat.read(notebook, as_version=4)
     first = next(i for i, c in enumerate(instructor.cells) if SOLUTION in c.metadata.get("tags", []))
-    task = _task_text(instructor.cells, first)
+    task = _first_sentence(_task_text(instructor.cells, first))
     monkeypatch.setenv("WORKBOOK_STORE", str(shared_store))
     monkeypatch.setenv("WORKBOOK_RESULTS", str(tmp_path / "student.results.json"))
     with pytest.raises(pm.PapermillExecutionError) as err:
