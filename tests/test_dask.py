@@ -3,7 +3,8 @@
 the same metrics; a worker killed mid-notebook is reported and the batch goes on; GPUs are handed
 out round-robin (checked with a pretend list of GPUs, as this runs on CPUs).
 
-Kernel starts: 4 on the cluster (two of them kill their worker), 2 with ``--jobs 2``. One test,
+Kernel starts: 4 on the cluster (two of them kill their worker), 2 with ``--jobs 2``, 1 on a
+cluster started apart and joined with ``--scheduler``. One test,
 also marked ``notebooks``, runs the real ``03 04 --sweep seed=0,1`` in smoke both ways (8 notebook
 executions: a few minutes on 2 cores; about 9 minutes with an empty store on a busy machine).
 """
@@ -151,3 +152,20 @@ def test_real_sweep_on_the_cluster_writes_the_same_report_as_jobs(tmp_path, shar
             keep = [i for i, column in enumerate(ta["columns"]) if not _timing(column)]
             assert [[row[i] for i in keep] for row in ta["rows"]] == \
                    [[row[i] for i in keep] for row in tb["rows"]], (name, table)
+
+
+def test_joining_a_running_cluster_leaves_it_running(nbdir, tmp_path):
+    """``--scheduler tcp://host:port`` runs on a cluster someone else started, and only disconnects."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.CRITICAL) as cluster:
+        out = tmp_path / "joined"
+        assert run.main(_cli(nbdir, out, "00", "--scheduler", cluster.scheduler_address)) == 0
+        batch = json.loads((out / "batch.json").read_text())
+        assert batch["engine"] == f"dask {cluster.scheduler_address}" and batch["runs"][0]["status"] == "ok"
+        assert _metrics(out, "00_good")["x"] == 0
+        with Client(cluster) as client:  # still there, with its worker
+            assert len(client.scheduler_info()["workers"]) == 1
