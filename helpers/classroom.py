@@ -633,31 +633,38 @@ def stamp_notebook(path: Path, *, write: bool = True) -> bool:
 
 COLAB_CELL_ID = "colab-setup"
 COLAB_FOLDER = "/content/workbook"
-_COLAB_REPO = re.compile(r'^WORKBOOK_REPO = "(.*)"', re.M)
+_COLAB_REPO = re.compile(r'^WORKBOOK_REPO = "([^"]*)"', re.M)
 
 
 def colab_cell_source(repo: str = "") -> str:
     """The first code cell of every notebook: on Google Colab it clones the workbook from ``repo``
-    and installs it (Colab has a notebook, not the repository); anywhere else it only imports
-    ``sys``. It runs before the parameters cell, so a batch run or the tests pass through it."""
+    and installs it (Colab has a notebook, not the repository); anywhere else it does nothing. Its
+    names (``WORKBOOK_REPO`` and one function) clash with no notebook's. It runs before the
+    parameters cell, so a batch run or the tests pass through it."""
     if '"' in repo or "\\" in repo or "\n" in repo:
         raise UsageError(f"--repo {repo!r}: expected a git URL without quotes or backslashes")
     return f"""# On Google Colab: fetch and install the workbook first (a minute or two). Anywhere else: nothing happens.
-import sys
-
 WORKBOOK_REPO = "{repo}"  # its git URL: `python -m helpers.classroom colab --repo URL` sets it in every notebook
-if "google.colab" in sys.modules:
+
+
+def _on_colab_install_the_workbook(repo):
     import os
     import subprocess
+    import sys
 
-    if not WORKBOOK_REPO:
+    if "google.colab" not in sys.modules:
+        return
+    if not repo:
         raise RuntimeError("On Colab this notebook needs the workbook's code: set WORKBOOK_REPO above to "
                            "the workbook's git URL and run this cell again")
     if not os.path.isdir("{COLAB_FOLDER}"):
-        subprocess.run(["git", "clone", "--depth", "1", WORKBOOK_REPO, "{COLAB_FOLDER}"], check=True)
+        subprocess.run(["git", "clone", "--depth", "1", repo, "{COLAB_FOLDER}"], check=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", "{COLAB_FOLDER}"], check=True)
     sys.path.insert(0, "{COLAB_FOLDER}")  # importable now, without restarting the runtime
-    os.chdir("{COLAB_FOLDER}/notebooks")"""
+    os.chdir("{COLAB_FOLDER}/notebooks")
+
+
+_on_colab_install_the_workbook(WORKBOOK_REPO)"""
 
 
 def add_colab_cell(path: Path, repo: str | None = None) -> bool:

@@ -94,8 +94,8 @@ def test_notebook_runs_in_smoke_under_nbval(notebook, tmp_path, shared_store):
     assert recorded["claims"], f"{notebook.name} checks no claims"
     for name, value in values.items():  # each declared knob arrived under its own name
         assert recorded["params"][name] == value, (name, recorded["params"][name], value)
-    assert seconds < SMOKE_SECONDS * 2, f"{notebook.name}: {seconds:.0f} s in smoke"
     assert_no_reference_leaks(notebook, references)
+    assert seconds < SMOKE_SECONDS * 2, f"{notebook.name}: {seconds:.0f} s in smoke"
 
 
 def reference_forms(value: float) -> list[str]:
