@@ -119,7 +119,11 @@ def test_shapes_that_do_not_fit_fail_when_the_profile_resolves():
     with pytest.raises(ValueError, match="'task_len'=64 is not allowed"):
         resolve("smoke", _record=False, task_len=64, seq_len=32)
     with pytest.raises(ValueError, match="text_methods"):
-        resolve("smoke", _record=False, text_methods=["lora", "prompt"])
+        resolve("smoke", _record=False, text_methods=["lora", "houlsby"])
+    with pytest.raises(ValueError, match="'peft_methods'=\\['lora', 'houlsby'\\].*prefix"):
+        resolve("smoke", _record=False, peft_methods=["lora", "houlsby"])
+    with pytest.raises(ValueError, match="lora_ranks"):
+        resolve("smoke", _record=False, lora_ranks=[0, 4])
 
 
 # --- save_pretrained in a verified folder ---------------------------------------------------------
