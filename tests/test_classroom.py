@@ -438,3 +438,26 @@ def test_student_versions_need_no_nbgrader(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "handout" / "02_pretrain_transformer.ipynb").exists()
+
+
+def test_every_workbook_exercise_carries_consistent_nbgrader_metadata():
+    """Run ``python -m helpers.classroom stamp`` after adding or moving an exercise."""
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert not classroom.stamp_notebook(path, write=False), \
+            f"{path.name}: nbgrader metadata out of date; run python -m helpers.classroom stamp"
+
+
+def test_every_notebook_opens_on_colab_with_the_same_first_cell():
+    """Run ``python -m helpers.classroom colab`` after adding a notebook (``--repo URL`` to set the URL)."""
+    import re
+
+    sources = {}
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), path.name
+        first = nb.cells[1]
+        assert first.id == classroom.COLAB_CELL_ID, f"{path.name}: no Colab cell after the title"
+        repo = re.search(r'^WORKBOOK_REPO = "([^"]*)"', first.source, re.M).group(1)
+        assert first.source == classroom.colab_cell_source(repo), f"{path.name}: Colab cell out of date"
+        sources[path.name] = first.source
+    assert len(set(sources.values())) == 1, "the notebooks' Colab cells differ"
