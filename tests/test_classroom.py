@@ -445,6 +445,13 @@ def test_every_workbook_exercise_carries_consistent_nbgrader_metadata():
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         assert not classroom.stamp_notebook(path, write=False), \
             f"{path.name}: nbgrader metadata out of date; run python -m helpers.classroom stamp"
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:  # nbgrader finds "### BEGIN SOLUTION", not the older "# BEGIN SOLUTION"
+            lines = [line.strip() for line in cell.source.splitlines()]
+            old_spelling = {"# BEGIN SOLUTION", "# END SOLUTION"} & set(lines)
+            assert not old_spelling, f"{path.name}: write {sorted(old_spelling)} as nbgrader's '### ...'"
+            if "### BEGIN SOLUTION" in lines:
+                assert "solution" in cell.metadata.get("tags", []), f"{path.name}: markers in a cell not tagged solution"
 
 
 def test_every_notebook_opens_on_colab_with_the_same_first_cell():
