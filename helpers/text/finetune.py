@@ -19,6 +19,7 @@ import math
 import tempfile
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -153,11 +154,17 @@ class TextRun:
                 "forgetting_removed_%": 100 * self.forgetting_removed}
 
 
+_PRETRAINED_PPL: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def _forgetting(model: nn.Module, base: Pretrained, blocks: torch.Tensor, device: torch.device | str) -> float:
     """Perplexity rise on held-out pretraining text, tuned body vs pretrained body (same blocks)."""
     blocks = forgetting_blocks(blocks, base.model.config.n_positions)
-    before = english_perplexity(classifier(base, 1).to(device), base.model.lm_head, blocks)
-    return english_perplexity(model, base.model.lm_head, blocks) / before - 1
+    measured = _PRETRAINED_PPL.setdefault(base.model, {})   # the pretrained body's, once per model and blocks
+    key = (blocks.data_ptr(), tuple(blocks.shape), int(blocks.sum()), str(device))
+    if key not in measured:
+        measured[key] = english_perplexity(classifier(base, 1).to(device), base.model.lm_head, blocks)
+    return english_perplexity(model, base.model.lm_head, blocks) / measured[key] - 1
 
 
 @right_padding_is_safe()  # right-padded texts in a causal model need no attention mask
