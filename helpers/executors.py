@@ -28,6 +28,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -202,7 +203,9 @@ class DaskExecutor:
     output folder at the same paths (shared storage), and should run one thread each
     (``--nthreads 1``): a worker's kernel takes the worker's environment.
 
-    A task is never retried: the local scheduler runs with ``allowed-failures`` 0, so a worker that
+    Tasks go out one per free worker thread, each bound to that worker (the rest wait here, as
+    with ``--jobs``), so a task never waits on a worker behind another one. A task is never retried: the local scheduler runs
+    with ``allowed-failures`` 0, so a worker that
     dies mid-notebook (killed, out of memory) fails that execution as ``WorkerDied`` at once and the
     rest of the batch goes on (set ``distributed.scheduler.allowed-failures: 0`` in a running
     scheduler's configuration for the same behaviour there). The cluster is started or joined when
@@ -222,10 +225,9 @@ class DaskExecutor:
             self.workers, self.threads = local, _threads(local)
             self.gpus = visible_gpus()
             self.label = f"dask local:{local}"
-            # Never retry a notebook whose worker died, and never queue a second task on a busy
-            # worker (it would fail with it): tasks wait on the scheduler until a worker is free.
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                                  "distributed.scheduler.worker-saturation": 1.0}):
+            # Never retry a notebook whose worker died (a notebook that kills its worker would
+            # kill the next one too).
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                 self.cluster = LocalCluster(
                     n_workers=local, threads_per_worker=1, processes=True, host="127.0.0.1",
                     protocol="tcp://", dashboard_address=None, memory_limit=0,
@@ -252,44 +254,68 @@ class DaskExecutor:
             with contextlib.suppress(Exception):
                 self.cluster.close()
 
+    def _free_slots(self, placed: Sequence[str]) -> list[str]:
+        """One worker address per free thread: each worker's threads minus the tasks of ours
+        ``placed`` on it. Only workers the scheduler has now count (a restarting one joins later;
+        an adaptive dask-jobqueue cluster may grow or shrink)."""
+        try:
+            workers = self.client.scheduler_info()["workers"]
+        except Exception:
+            return []
+        self.workers = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        return [address for address, info in workers.items()
+                for _ in range(info.get("nthreads", 1) - list(placed).count(address))]
+
     def __call__(self, plan: Plan, todo: Sequence[int], progress: Any,
                  done: Callable[[int], None]) -> None:
-        from distributed import as_completed
+        from distributed import wait
         from distributed.scheduler import KilledWorker
 
         from .execute import error_info
 
         progress.set_description(f"{self.label}, {self.workers} worker{'s' * (self.workers > 1)}")
         token = os.urandom(4).hex()  # keys unique on a scheduler shared by several batches
-        futures: dict[Any, int] = {}
+        queue = list(todo)
+        running: dict[Any, tuple[int, str]] = {}  # future -> (job index, worker address)
         try:
-            for i in todo:
-                future = self.client.submit(_dask_task, plan.jobs[i], plan.out, plan.timeout,
-                                            self.threads, self.gpus, key=f"{plan.jobs[i].name}-{token}",
-                                            pure=False, retries=0)
-                futures[future] = i
-            for future in as_completed(futures):
-                i = futures[future]
-                job = plan.jobs[i]
+            while queue or running:
+                # Each task goes to a worker thread that is free now, and only there: it never waits
+                # behind another task on a worker that may die (it would fail with it: no retries).
+                for address in self._free_slots([a for _, a in running.values()])[:len(queue)]:
+                    i = queue.pop(0)
+                    future = self.client.submit(
+                        _dask_task, plan.jobs[i], plan.out, plan.timeout, self.threads, self.gpus,
+                        key=f"{plan.jobs[i].name}-{token}", pure=False, retries=0,
+                        workers=[address], allow_other_workers=False)
+                    running[future] = (i, address)
+                if not running:  # no free worker yet (starting, restarting): look again shortly
+                    time.sleep(0.5)
+                    continue
                 try:
-                    plan.jobs[i] = job = future.result()
-                except KilledWorker as err:
-                    job.status = "failed"
-                    job.error = {"name": "WorkerDied", "cell": None, "traceback": "",
-                                 "message": f"the Dask worker running it died before reporting "
-                                            f"(killed, or out of memory): {err}"}
-                except Exception as err:  # the task itself raised (e.g. the notebook is unreadable there)
-                    job.status, job.error = "failed", error_info(err)
-                if job.status == "failed" and job.error and job.error["name"] == "KeyboardInterrupt":
-                    job.status = "interrupted"
-                done(i)
+                    finished = wait(list(running), timeout=2, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    continue
+                for future in finished:
+                    i, _ = running.pop(future)
+                    job = plan.jobs[i]
+                    try:
+                        plan.jobs[i] = job = future.result()
+                    except KilledWorker as err:
+                        job.status = "failed"
+                        job.error = {"name": "WorkerDied", "cell": None, "traceback": "",
+                                     "message": f"the Dask worker running it died before reporting "
+                                                f"(killed, or out of memory): {err}"}
+                    except Exception as err:  # the task itself raised (e.g. the notebook is unreadable there)
+                        job.status, job.error = "failed", error_info(err)
+                    if job.status == "failed" and job.error and job.error["name"] == "KeyboardInterrupt":
+                        job.status = "interrupted"
+                    done(i)
         except KeyboardInterrupt:
+            for future, (i, _) in running.items():  # sent out, not finished; the queue stays pending
+                if plan.jobs[i].status == "pending":
+                    plan.jobs[i].status = "interrupted"
             with contextlib.suppress(Exception):
-                running = {key for keys in self.client.processing().values() for key in keys}
-                for future, i in futures.items():
-                    if future.key in running and plan.jobs[i].status == "pending":
-                        plan.jobs[i].status = "interrupted"
-                self.client.cancel(list(futures), force=True)
+                self.client.cancel(list(running), force=True)
             raise
         finally:
             self.close()

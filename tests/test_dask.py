@@ -53,7 +53,8 @@ def test_cluster_sweep_matches_jobs_and_survives_a_killed_worker(nbdir, tmp_path
     monkeypatch.setattr(executors, "visible_gpus", lambda: ["0", "1"])  # pretend: two GPUs
     on_dask, local = tmp_path / "dask", tmp_path / "jobs"
 
-    code = run.main(_cli(nbdir, on_dask, "00", "01", "--sweep", "seed=0,1", "-p", "lr=1e-3",
+    # the killers first: the good ones then go to restarted workers, none waits behind a killer
+    code = run.main(_cli(nbdir, on_dask, "01", "00", "--sweep", "seed=0,1", "-p", "lr=1e-3",
                          "--cluster", "local:2"))
     out = capsys.readouterr().out
     assert code == 1  # the two killed executions failed ...
