@@ -20,14 +20,13 @@ Typical use: rerun the workbook after an upgrade or on another machine and see w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .aggregate import claim_verdict, flat_numbers, load_results
-from .plan import UsageError
+from .plan import UsageError, load_batch
 from .report import fmt, write_text
 
 
@@ -41,16 +40,8 @@ class Batch:
 
     @classmethod
     def load(cls, folder: Path) -> "Batch":
-        path = Path(folder) / "batch.json"
-        try:
-            index = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"compare: no batch.json in {folder}; give two run folders written by "
-                             f"python -m helpers.run (e.g. runs/<stamp>)") from None
-        except (OSError, ValueError) as err:
-            raise UsageError(f"compare: cannot read {path}: {err}") from None
-        if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
-            raise UsageError(f"compare: {path} is not a batch index written by helpers.run")
+        index = load_batch(Path(folder), "compare", "give two run folders written by python -m helpers.run "
+                                                     "(e.g. runs/<stamp>)")
         return cls(Path(folder), index, {run["name"]: load_results(Path(folder), run)
                                          for run in index["runs"]})
 

@@ -314,20 +314,21 @@ def newest_batch() -> Path:
     return found[-1].parent
 
 
-def load_batch(out: Path) -> dict[str, Any]:
-    """The ``batch.json`` of a run folder being resumed; raise :class:`UsageError` when unusable."""
+def load_batch(out: Path, command: str = "--resume",
+               missing: str = "it is not a run folder (run without --resume to start a batch there)") -> dict[str, Any]:
+    """The ``batch.json`` of a run folder (being resumed, or compared); raise :class:`UsageError`
+    naming ``command`` when it is missing, unreadable or not a batch index."""
     if not out.is_dir():
-        raise UsageError(f"--resume: {out} is not a folder (nothing to resume)")
+        raise UsageError(f"{command}: {out} is not a folder (no run folder there)")
     path = out / "batch.json"
     try:
         batch = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"--resume: no batch.json in {out}; it is not a run folder "
-                         f"(run without --resume to start a batch there)") from None
+        raise UsageError(f"{command}: no batch.json in {out}; {missing}") from None
     except (OSError, ValueError) as err:
-        raise UsageError(f"--resume: cannot read {path}: {err}") from None
+        raise UsageError(f"{command}: cannot read {path}: {err}") from None
     if not isinstance(batch, dict) or not isinstance(batch.get("runs"), list) or "profile" not in batch:
-        raise UsageError(f"--resume: {path} is not a batch index written by helpers.run")
+        raise UsageError(f"{command}: {path} is not a batch index written by helpers.run")
     return batch
 
 
