@@ -47,7 +47,7 @@ class Diagnosis:
         return f"**{self.verdict}**: " + "; ".join(self.reasons)
 
 
-def _rows(history: Any) -> list[dict[str, Any]]:
+def history_rows(history: Any) -> list[dict[str, Any]]:
     """Rows (one dict per epoch) from a History, a DataFrame (epoch index or column) or a list."""
     if hasattr(history, "rows"):
         return list(history.rows)
@@ -76,7 +76,7 @@ def diagnose(history: Any, *, gap_tolerance: float = 0.10, min_train_acc: float 
     than ``loss_rise_tolerance`` (relative) above its minimum; **under-fitting** when the train loss
     fell by more than ``still_learning`` (relative) over the last quarter of the epochs.
     """
-    rows = _rows(history)
+    rows = history_rows(history)
     if not rows:
         raise ValueError("diagnose: the history has no epochs")
     if "train_loss" not in rows[0]:

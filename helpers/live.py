@@ -68,7 +68,7 @@ def curves_figure(history: Any, *, best_epoch: int | None = None, stopped_early:
         best_epoch = best_epoch or history.best_epoch
         stopped_early = stopped_early or history.stopped_early
         monitor = history.monitor
-    rows = diagnostics._rows(history)
+    rows = diagnostics.history_rows(history)
     best_epoch = best_epoch or _best_epoch(rows, monitor)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = [r["epoch"] for r in rows]
@@ -159,7 +159,7 @@ def diagnose_run(history: Any, *, num_classes: int | None = None, explode_factor
     3. otherwise :func:`helpers.diagnostics.diagnose` (``thresholds`` go to it): over-fitting,
        under-fitting or healthy, read from the train/validation gap and the trend.
     """
-    rows = diagnostics._rows(history)
+    rows = diagnostics.history_rows(history)
     if not rows or "train_loss" not in rows[0]:
         raise ValueError("diagnose_run: expected a history with a 'train_loss' column and at least one epoch")
     loss = np.array([r["train_loss"] for r in rows], dtype=float)
