@@ -66,6 +66,9 @@ _IMBALANCE = ("plain", "oversample", "undersample", "class_weighted", "focal", "
 KNOBS: dict[str, Knob] = {
     "seed": Knob(int, "base random seed", low=0),
     "seeds": Knob(int, "number of seeds an effect is averaged over", low=1, high=20),
+    "pretrain_seeds": Knob(int, "CNN pretraining runs (seeds) an effect's error bars cover; fine-tuning "
+                           "seed i uses pretraining seed seed + i mod pretrain_seeds", low=1, high=20),
+    "lm_pretrain_seeds": Knob(int, "GPT pretraining runs (seeds) the text track's error bars cover", low=1, high=20),
     "device": Knob(str, "where to train; auto picks cuda > mps > cpu",
                    choices=("auto", "cpu", "cuda", "mps")),
     "threads": Knob(int, "CPU threads for torch (0 = torch's default)", low=0, high=256),
@@ -210,7 +213,7 @@ _COMMON = {"seed": 0, "device": "auto", "threads": 0, "bf16": True,
            "shift_extra": [3, 10]}
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": {**_COMMON, "seeds": 1,
+    "smoke": {**_COMMON, "seeds": 1, "pretrain_seeds": 1, "lm_pretrain_seeds": 1,
               "imbalance_ratios": [1, 10], "imbalance_max_per_class": 10, "imbalance_methods": list(_IMBALANCE),
               "harmful_source": "shuffled_labels", "harmful_per_class": 5, "harmful_epochs": 1,
               "transfer_budgets": [2, 5], "transfer_epochs": 1,
@@ -235,7 +238,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "sweep_tolerance": 0.02, "lr_finder_steps": 20, "method_lr_factors": [1, 3],
               "methods": ["scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr",
                           "gradual_unfreezing", "full_ft_high_lr"]},
-    "quick": {**_COMMON, "seeds": 3,
+    "quick": {**_COMMON, "seeds": 3, "pretrain_seeds": 3, "lm_pretrain_seeds": 2,
               "imbalance_ratios": [1, 10, 50], "imbalance_max_per_class": 200, "imbalance_methods": list(_IMBALANCE),
               "harmful_source": "shuffled_labels", "harmful_per_class": 100, "harmful_epochs": 4,
               "transfer_budgets": [10, 30, 100, 300], "transfer_epochs": 2,
@@ -265,7 +268,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # training; more text needs text_corpus). Its biggest cost is the CNN pretraining on 80 x 5,000 glyphs
     # (about 6e15 FLOPs per objective: minutes on a modern GPU, about a day on 2 CPU cores); the GPT
     # (6.9 M parameters, 20 epochs of 0.46 M tokens) is about 4e14; the glyphs take 1.3 GB as float32.
-    "full": {**_COMMON, "seeds": 5,
+    "full": {**_COMMON, "seeds": 5, "pretrain_seeds": 3, "lm_pretrain_seeds": 3,
              "imbalance_ratios": [1, 10, 50, 100], "imbalance_max_per_class": 300, "imbalance_methods": list(_IMBALANCE),
              "harmful_source": "shuffled_labels", "harmful_per_class": 500, "harmful_epochs": 10,
              "transfer_budgets": [10, 30, 100, 300], "transfer_epochs": 10,
@@ -428,6 +431,10 @@ def check_budgets(name: str, budgets: Sequence[int], available: int, where: str)
 
 def _check_together(params: Mapping[str, Any]) -> None:
     """Knob values that are each valid but do not fit together (checked by ``validate``)."""
+    for knob in ("pretrain_seeds", "lm_pretrain_seeds"):
+        if knob in params and "seeds" in params and params[knob] > params["seeds"]:
+            raise ValueError(f"parameter {knob!r}={params[knob]} is not allowed: expected at most "
+                             f"seeds={params['seeds']} (each fine-tuning seed uses one pretraining seed)")
     if "gpt_width" in params and "gpt_heads" in params and params["gpt_width"] % params["gpt_heads"]:
         raise ValueError(f"parameter 'gpt_width'={params['gpt_width']} is not allowed with "
                          f"gpt_heads={params['gpt_heads']}: the width must be a multiple of the number of heads")
@@ -482,6 +489,27 @@ def resolve(profile: str = "quick", _record: bool = True, **overrides: Any) -> P
 def seed_list(params: Mapping[str, Any]) -> list[int]:
     """The seeds an effect is measured over: ``seed, seed + 1, ..., seed + seeds - 1``."""
     return [params["seed"] + i for i in range(params["seeds"])]
+
+
+def pretrain_seed(params: Mapping[str, Any], index: int, track: str = "cnn") -> int:
+    """The pretraining seed that fine-tuning seed number ``index`` (0-based, of :func:`seed_list`) uses.
+
+    Pretraining varies too in practice, so an effect's error bars must cover it: fine-tuning seed
+    ``i`` starts from the model pretrained with seed ``seed + i mod pretrain_seeds`` (CNN,
+    ``track="cnn"``) or ``lm_pretrain_seeds`` (GPT, ``track="lm"``). Index 0 is always the base
+    seed, the pretraining every single-seed view (and the other notebooks) uses.
+    """
+    knob = {"cnn": "pretrain_seeds", "lm": "lm_pretrain_seeds"}.get(track)
+    if knob is None:
+        raise ValueError(f"pretrain_seed: track={track!r} is not allowed: expected 'cnn' or 'lm'")
+    return params["seed"] + index % params.get(knob, 1)
+
+
+def pretrain_params(params: Mapping[str, Any], index: int, track: str = "cnn") -> "Params":
+    """``params`` with ``seed`` replaced by :func:`pretrain_seed` (what a pretraining function reads)."""
+    out = Params(params)
+    out["seed"] = pretrain_seed(params, index, track)
+    return out
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""The articles' table, measured (notebook 10): its rows, their numbers and their verdicts.
+"""The articles' table, measured (notebook 11): its rows, their numbers and their verdicts.
 
 The articles about pretraining vs fine-tuning compare the two along a few aspects (data
 requirement, training time, computational cost, purpose, risks). Each function here turns the cost
@@ -9,7 +9,7 @@ for the GPT) into those rows: what the articles say, what was measured, and a ve
 * ``nuanced`` -- it agrees, but by less than the articles suggest;
 * ``contradicted`` -- it does not hold at this scale.
 
-Notebook 10 takes its numbers from the other notebooks of the same batch when they ran
+Notebook 11 takes its numbers from the other notebooks of the same batch when they ran
 (:func:`from_batch`), else measures a few rows itself.
 """
 

@@ -180,3 +180,14 @@ def test_full_is_sized_for_the_data_that_exists():
         task = text.package_task(kind)
         assert max(P["text_budgets"]) <= task.max_budget(text.task_split(task)[0]), kind
     assert P["gpt_width"] % P["gpt_heads"] == 0 and P["task_len"] <= P["seq_len"]
+
+
+def test_pretraining_seeds_cycle_under_the_fine_tuning_seeds():
+    from helpers.config import pretrain_params, pretrain_seed, resolve
+
+    params = resolve("quick", seed=3, _record=False)
+    assert [pretrain_seed(params, i) for i in range(params["seeds"])] == [3, 4, 5]
+    assert [pretrain_seed(params, i, "lm") for i in range(params["seeds"])] == [3, 4, 3]
+    assert pretrain_params(params, 1)["seed"] == 4 and params["seed"] == 3
+    with pytest.raises(ValueError, match="'pretrain_seeds'=4 is not allowed: expected at most seeds=3"):
+        resolve("quick", pretrain_seeds=4, _record=False)

@@ -1,4 +1,4 @@
-"""Notebook 10's rows of the articles' table: numbers, verdicts, and reading the batch's tables."""
+"""Notebook 11's rows of the articles' table: numbers, verdicts, and reading the batch's tables."""
 
 import json
 
