@@ -61,7 +61,8 @@ class Knob:
 _FINETUNING = ("scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr", "gradual_unfreezing",
                "full_ft_high_lr")
 _FORGETTING = ("naive", "naive_high_lr", "lower_lr", "freeze_lower", "l2sp", "ewc", "replay", "lwf", "multitask")
-_IMBALANCE = ("plain", "oversample", "undersample", "class_weighted", "focal", "minority_augment", "logit_adjust")
+_IMBALANCE = ("plain", "oversample", "undersample", "class_weighted", "focal", "focal_alpha", "minority_augment",
+              "logit_adjust")
 
 KNOBS: dict[str, Knob] = {
     "seed": Knob(int, "base random seed", low=0),
@@ -128,7 +129,8 @@ KNOBS: dict[str, Knob] = {
     # imbalance (07)
     "imbalance_ratios": Knob(int, "imbalance ratios (largest / smallest class) of the long-tailed sets",
                              low=1, high=10_000, is_list=True),
-    "imbalance_max_per_class": Knob(int, "examples of the largest (head) class of a long-tailed set",
+    "imbalance_max_per_class": Knob(int, "examples of the largest (head) class of a long-tailed set (capped "
+                                    "at the pool's smallest class)",
                                     low=1, high=100_000),
     "imbalance_methods": Knob(str, "rebalancing methods compared at the highest imbalance ratio", is_list=True,
                               choices=_IMBALANCE),
