@@ -37,6 +37,55 @@ def claim_verdict(claim: Mapping[str, Any]) -> str:
     return "reported only: " + ("holds" if claim.get("holds") else "does not hold")
 
 
+#: Evidence keys a structured claim (:mod:`helpers.claims`) writes itself; the rest is extra evidence.
+_STRUCTURED_KEYS = ("effect", "effect (relative)", "95% CI", "margin", "n")
+
+
+def is_structured(claim: Mapping[str, Any]) -> bool:
+    """Whether a recorded claim was made by ``claim.greater/less/close/above`` (it has sides)."""
+    return "kind" in claim and "a_label" in claim and "b_label" in claim
+
+
+def _side_value(values: Any) -> float | None:
+    numbers = [n for n in (_number(v) for v in (values if isinstance(values, list) else [values])) if n is not None]
+    return statistics.fmean(numbers) if numbers else None
+
+
+def claim_fields(claim: Mapping[str, Any]) -> dict[str, Any]:
+    """One claim in the report's uniform shape, whatever API made it.
+
+    For a structured claim: ``sides`` (each side's label and its mean over seeds), ``effect`` (the
+    mean paired difference ``a - b``, or relative to ``b``), ``ci95`` (its 95% interval, ``None``
+    with one seed), ``margin`` (what the effect must clear, e.g. ``> 0.05`` or ``|effect| <= 0.1``,
+    ``(whole CI)`` when ``test="ci"``), ``n`` (seeds paired). For a plain ``claim(...)`` those are
+    ``None``. Both kinds have ``asserted`` (``"yes"``; ``"no: <why>"`` when reported only by choice;
+    ``"no (smoke)"`` when the profile is too small to assert) and ``evidence`` (a structured claim's
+    *extra* evidence only: its sides, effect and margin are the fields above).
+    """
+    why = claim.get("why_reported_only")
+    asserted = "yes" if claim.get("asserted") else (f"no: {why}" if why else "no (smoke)")
+    evidence = dict(claim.get("evidence") or {})
+    if not is_structured(claim):
+        return {"sides": None, "effect": None, "ci95": None, "margin": None, "n": None,
+                "relative": False, "asserted": asserted, "evidence": evidence}
+    a_label, b_label = str(claim["a_label"]), str(claim["b_label"])
+    for key in (a_label, b_label, *_STRUCTURED_KEYS):
+        evidence.pop(key, None)
+    ci = claim.get("ci95") or [None, None]
+    ci95 = None if any(_number(c) is None for c in ci) else (float(ci[0]), float(ci[1]))
+    margin = _number(claim.get("margin"))
+    if claim.get("kind") == "close":
+        margin_text = f"|effect| <= {margin:g}" if margin is not None else ""
+    else:
+        margin_text = f"> {margin:g}" if margin is not None else ""
+    if claim.get("test") == "ci":
+        margin_text += " (whole CI)"
+    return {"sides": ((a_label, _side_value(claim.get("a"))), (b_label, _side_value(claim.get("b")))),
+            "effect": _number(claim.get("effect")), "ci95": ci95, "margin": margin_text,
+            "n": claim.get("n"), "relative": bool(claim.get("relative")), "asserted": asserted,
+            "evidence": evidence}
+
+
 def claim_counts(results: Mapping[str, Any] | None) -> dict[str, int]:
     """How many of a run's claims ``pass``, ``fail`` or are ``reported`` only."""
     counts = {"pass": 0, "fail": 0, "reported": 0}

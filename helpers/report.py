@@ -2,9 +2,10 @@
 
 The HTML report is one self-contained file: figures are embedded as base64 PNG, tables are HTML
 tables, CSS is inline. It shows, for the whole batch: status and time of every notebook run, every
-claim with its verdict and evidence, metrics (side by side across sweep points), recorded tables and
-figures, errors of failed runs, the profile and parameters used, and the environment (versions,
-CPU, memory). A sweep over ``seed`` is also aggregated: each metric as mean ± std over the seeds,
+claim in one shape (:func:`claim_cells`: verdict, its two sides and their values, the effect with its
+95% interval, the margin, the number of paired seeds, asserted or reported only and why, evidence),
+metrics (side by side across sweep points), recorded tables and figures, errors of failed runs,
+the profile and parameters used, and the environment (versions, CPU, memory). A sweep over ``seed`` is also aggregated: each metric as mean ± std over the seeds,
 per notebook and point of the other swept parameters (also written to ``aggregate.json``).
 
 What is shown is gathered by :mod:`helpers.aggregate` (results, claim verdicts, seed aggregates);
@@ -19,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .aggregate import (claim_counts, claim_verdict, load_results, scalar_metrics, seed_aggregates,
-                        sweep_groups)
+from .aggregate import (claim_counts, claim_fields, claim_verdict, load_results, scalar_metrics,
+                        seed_aggregates, sweep_groups)
 from .checkpoints import atomic_write_bytes
 
 
@@ -44,6 +45,28 @@ def fmt(value: Any) -> str:
 
 def fmt_evidence(evidence: Mapping[str, Any] | None) -> str:
     return ", ".join(f"{k}={fmt(v)}" for k, v in (evidence or {}).items())
+
+
+#: The columns every claim is shown with, in both reports (see :func:`claim_cells`).
+CLAIM_COLUMNS = ["claim", "verdict", "sides (mean over seeds)", "effect [95% CI]", "margin", "n", "asserted",
+                 "evidence"]
+
+
+def claim_cells(claim: Mapping[str, Any]) -> list[str]:
+    """A claim as the report's row (:data:`CLAIM_COLUMNS`): name, verdict, the two sides with their
+    values, the effect with its 95% interval, the margin it must clear, the number of paired seeds,
+    whether it is asserted (or reported only, and why), and any further evidence. A plain
+    ``claim(...)`` (not a comparison) fills only name, verdict, asserted and evidence."""
+    f = claim_fields(claim)
+    sides = effect = ""
+    if f["sides"] is not None:
+        sides = " vs ".join(f"{label} = {fmt(value)}" for label, value in f["sides"])
+        if f["effect"] is not None:
+            effect = f"{f['effect']:+.4g}" + (" (relative)" if f["relative"] else "")
+            if f["ci95"] is not None:
+                effect += f" [{f['ci95'][0]:+.3g}, {f['ci95'][1]:+.3g}]"
+    return [str(claim.get("name", "")), claim_verdict(claim), sides, effect, f["margin"] or "",
+            fmt(f["n"]), f["asserted"], fmt_evidence(f["evidence"])]
 
 
 def _seconds(value: float | None) -> str:
@@ -157,9 +180,7 @@ def render_markdown(batch: Mapping[str, Any], results: Mapping[str, dict[str, An
     claims = [(r["name"], c) for r in runs for c in (results.get(r["name"]) or {}).get("claims", [])]
     lines += ["## Claims", ""]
     if claims:
-        lines += _md_table(["run", "claim", "verdict", "evidence"],
-                           [[name, c["name"], claim_verdict(c), fmt_evidence(c.get("evidence"))]
-                            for name, c in claims])
+        lines += _md_table(["run", *CLAIM_COLUMNS], [[name, *claim_cells(c)] for name, c in claims])
     else:
         lines += ["No claims recorded.", ""]
 
@@ -247,6 +268,13 @@ def _verdict_html(verdict: str) -> str:
     return f"<span class=\"{css}\">{html.escape(verdict)}</span>"
 
 
+def _claim_cells_html(claim: Mapping[str, Any]) -> list[str]:
+    """:func:`claim_cells` with the verdict as coloured (already escaped) HTML."""
+    cells = claim_cells(claim)
+    cells[1] = _verdict_html(cells[1])
+    return cells
+
+
 def _status_html(status: str) -> str:
     return f"<span class=\"{html.escape(status)}\">{html.escape(status)}</span>"
 
@@ -309,9 +337,8 @@ def render_html(out: Path, batch: Mapping[str, Any],
 
     claims = [(r["name"], c) for r in runs for c in (results.get(r["name"]) or {}).get("claims", [])]
     parts.append("<h2>Claims</h2>")
-    parts.append(_html_table(["run", "claim", "verdict", "evidence"],
-                             [[name, c["name"], _verdict_html(claim_verdict(c)),
-                               fmt_evidence(c.get("evidence"))] for name, c in claims], raw=(2,))
+    parts.append(_html_table(["run", *CLAIM_COLUMNS], [[name, *_claim_cells_html(c)] for name, c in claims],
+                             raw=(2,))
                  if claims else "<p class=\"muted\">No claims recorded.</p>")
 
     for group in seed_aggregates(runs, results):
@@ -354,9 +381,7 @@ def render_html(out: Path, batch: Mapping[str, Any],
             parts.append(_html_table(["metric", "value"], list(res["metrics"].items())))
         res_claims = res.get("claims", [])
         if res_claims:
-            parts.append(_html_table(["claim", "verdict", "evidence"],
-                                     [[c["name"], _verdict_html(claim_verdict(c)),
-                                       fmt_evidence(c.get("evidence"))] for c in res_claims], raw=(1,)))
+            parts.append(_html_table(CLAIM_COLUMNS, [_claim_cells_html(c) for c in res_claims], raw=(1,)))
         for table_name, table in res.get("tables", {}).items():
             parts.append(f"<p><b>{html.escape(table_name)}</b></p>")
             parts.append(_html_table(table.get("columns", []), table.get("rows", [])))

@@ -114,3 +114,62 @@ def test_reported_only_claims_never_raise(tmp_path, capsys):
     entry = _saved(tmp_path)["claims"][-1]
     assert entry["asserted"] is False and entry["why_reported_only"] == "holds on mnist only"
     assert claim("plain, reported", False, asserted=False, why="a smoke-size effect") is False
+
+
+def _batch(tmp_path, name="03_x"):
+    return {"out": str(tmp_path), "command": "python -m helpers.run 03", "profile": "quick", "params": {},
+            "sweep": {}, "started": "now", "finished": "later", "wall_s": 1.0, "environment": {"python": "3"},
+            "runs": [{"name": name, "notebook": name, "status": "ok", "wall_s": 1.0, "peak_rss_mb": 100,
+                      "output": f"{name}.ipynb", "input": "in.ipynb", "point": {}, "parameters": {},
+                      "results": "test.results.json"}]}
+
+
+def test_the_report_shows_every_structured_claim_the_same_way(tmp_path):
+    from helpers import report
+    from helpers.aggregate import claim_fields
+
+    resolve("quick")
+    claim.greater("ft beats scratch by > 5 points", [0.9, 0.8, 0.85], [0.7, 0.72, 0.6], 0.05,
+                  a_label="full_ft", b_label="scratch", evidence={"budget": 10})
+    claim.close("lora within 10% of full", [0.95, 0.97, 0.96], [1.0, 1.0, 1.0], 0.1, relative=True, test="ci",
+                a_label="lora", b_label="full")
+    claim.above("above chance", 0.5, 0.1, a_label="acc", threshold_label="chance (1/10)",
+                asserted=False, why="shown on one dataset only")
+    claim("the tokenizer round-trips", True, {"chars": 400})
+    saved = _saved(tmp_path)["claims"]
+
+    fields = claim_fields(saved[0])
+    assert fields["sides"] == (("full_ft", pytest.approx(0.85)), ("scratch", pytest.approx(2.02 / 3)))
+    assert fields["effect"] == pytest.approx(0.53 / 3) and fields["n"] == 3 and fields["margin"] == "> 0.05"
+    assert fields["ci95"][0] < fields["effect"] < fields["ci95"][1]
+    assert fields["evidence"] == {"budget": 10} and fields["asserted"] == "yes"  # sides not repeated
+    cells = report.claim_cells(saved[0])
+    assert cells[:3] == ["ft beats scratch by > 5 points", "pass", "full_ft = 0.85 vs scratch = 0.6733"]
+    assert cells[3] == "+0.1767 [-0.0404, +0.394]" and cells[4:8] == ["> 0.05", "3", "yes", "budget=10"]
+    close = report.claim_cells(saved[1])
+    assert close[3].startswith("-0.04 (relative) [") and close[4] == "|effect| <= 0.1 (whole CI)"
+    above = report.claim_cells(saved[2])
+    assert above[1] == "reported only: holds" and above[2] == "acc = 0.5 vs chance (1/10) = 0.1"
+    assert above[3] == "+0.4" and above[5] == "1"  # one seed: no interval
+    assert above[6] == "no: shown on one dataset only"
+    plain = report.claim_cells(saved[3])
+    assert plain == ["the tokenizer round-trips", "pass", "", "", "", "", "yes", "chars=400"]
+
+    batch = _batch(tmp_path)
+    results_ = {"03_x": _saved(tmp_path)}
+    markdown = report.render_markdown(batch, results_)
+    assert "| run | claim | verdict | sides (mean over seeds) | effect [95% CI] | margin | n | asserted | evidence |" in markdown
+    assert "| 03_x | ft beats scratch by > 5 points | pass | full_ft = 0.85 vs scratch = 0.6733 | +0.1767 [-0.0404, +0.394] | > 0.05 | 3 | yes | budget=10 |" in markdown
+    assert "| no: shown on one dataset only |" in markdown
+    html_text = report.render_html(tmp_path, batch, results_)
+    assert html_text.count("full_ft = 0.85 vs scratch = 0.6733") == 2  # the batch's claims and the run's
+    assert html_text.count("|effect| &lt;= 0.1 (whole CI)") == 2 and "no: shown on one dataset only" in html_text
+
+
+def test_a_smoke_claim_says_why_it_is_not_asserted(tmp_path):
+    from helpers import report
+
+    resolve("smoke")
+    claim.greater("tiny", [0.2], [0.3], a_label="x", b_label="y")
+    cells = report.claim_cells(_saved(tmp_path)["claims"][0])
+    assert cells[1] == "reported only: does not hold" and cells[6] == "no (smoke)"
