@@ -302,7 +302,7 @@ def lr_finder(sweep: Sweep, method: str, seed: int, *, steps: int, batch_size: i
 COMPARED_METHODS = ("scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr")
 
 
-def methods_lr_grid(task: TargetTask, pretrained: SmallResNet, methods: Sequence[str], factors: Sequence[float],
+def methods_lr_grid(task: TargetTask, pretrained: SmallResNet | Mapping[int, SmallResNet], methods: Sequence[str], factors: Sequence[float],
                     seeds: Sequence[int], *, lr: float, budget: int, steps: int, batch_size: int, width: int,
                     weight_decay: float, bf16: bool, device: torch.device | str = "cpu") -> pd.DataFrame:
     """Each of notebook 03's methods (:func:`helpers.finetuning.finetune`) at ``lr * factor`` for every
@@ -310,8 +310,11 @@ def methods_lr_grid(task: TargetTask, pretrained: SmallResNet, methods: Sequence
 
     The factor multiplies the rate ``finetune`` is given; its own conventions stay (the linear probe's
     head trains at 3x, LP-FT's second phase at 1/2, discriminative rates divide it per layer), so
-    factor 1 is exactly notebook 03's run.
+    factor 1 is exactly notebook 03's run. ``pretrained``: one model, or one per seed (``{seed: model}``,
+    :func:`helpers.transfer.model_for_seed`), so a gap to scratch is measured over pretraining seeds too.
     """
+    from .transfer import model_for_seed
+
     import pandas as pd
 
     check_knob("methods", list(methods))
@@ -321,7 +324,7 @@ def methods_lr_grid(task: TargetTask, pretrained: SmallResNet, methods: Sequence
         labelled = task.budget(budget, seed)
         for method in methods:
             for factor in factors:
-                tuned = finetune(method, pretrained, labelled, num_classes=task.num_classes, steps=steps,
+                tuned = finetune(method, model_for_seed(pretrained, seed), labelled, num_classes=task.num_classes, steps=steps,
                                  lr=lr * factor, batch_size=batch_size, seed=seed, width=width,
                                  weight_decay=weight_decay, bf16=bf16, device=device)
                 rows.append({"method": method, "factor": factor, "lr": lr * factor, "seed": seed,

@@ -11,7 +11,11 @@ remedies, each as one small piece that plugs into the one training loop (the nam
                        ``torch.utils.data.WeightedRandomSampler`` does): every class equally often
 ``undersample``        keep only as many examples of each class as the rarest class has
 ``class_weighted``     cross-entropy with per-class weights ``N / (K * count(class))``
-``focal``              focal loss (Lin et al. 2017): down-weights examples the model already gets right
+``focal``              focal loss (Lin et al. 2017) with gamma = 2 and no alpha: down-weights examples
+                       the model already gets right, whatever their class
+``focal_alpha``        the paper's alpha-balanced form: the same focal loss, each class's terms
+                       weighted by alpha_c = ``N / (K * count(class))`` (inverse frequency; Lin et al.
+                       tuned one alpha for a binary detector, Cui et al. 2019 set it per class)
 ``minority_augment``   add augmented copies of the rarer classes' examples until every class has as
                        many as the largest (new variations instead of exact repeats)
 ``logit_adjust``       no retraining: subtract ``tau * log(prior)`` from the plain model's logits
@@ -27,7 +31,7 @@ fine-tuned with :func:`helpers.finetuning.finetune` under the same budget of opt
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +62,20 @@ def long_tail_counts(num_classes: int, max_per_class: int, ratio: float) -> list
         raise ValueError(f"max_per_class={max_per_class!r} is not allowed: expected an int >= 1")
     steps = max(1, num_classes - 1)
     return [max(1, round(max_per_class * ratio ** (-c / steps))) for c in range(num_classes)]
+
+
+def head_size(labels: torch.Tensor, requested: int) -> int:
+    """The head class's size a long tail drawn from ``labels`` can have: ``requested``
+    (the ``imbalance_max_per_class`` knob), capped at the smallest class's count in the pool.
+
+    The rule makes one setting work on every target dataset: every class must be able to supply the
+    head's examples, since which class is the head is a choice (class 0 here). On a pool whose
+    smallest class has 104 examples, a request of 200 gives a head of 104; the notebook prints it.
+    """
+    if requested < 1:
+        raise ValueError(f"parameter 'imbalance_max_per_class'={requested!r} is not allowed: expected an int >= 1")
+    smallest = int(torch.bincount(torch.as_tensor(labels, dtype=torch.long)).min())
+    return min(int(requested), smallest)
 
 
 def long_tailed(labels: torch.Tensor, max_per_class: int, ratio: float, seed: int) -> torch.Tensor:
@@ -250,6 +268,8 @@ def rebalanced_data(method: str, images: torch.Tensor, labels: torch.Tensor, see
         return (images, labels), weighted_cross_entropy(class_weights(labels))
     if method == "focal":
         return (images, labels), focal_loss()
+    if method == "focal_alpha":
+        return (images, labels), focal_loss(weights=class_weights(labels))
     return (images, labels), None
 
 
@@ -304,7 +324,7 @@ def imbalance_metrics(labels: torch.Tensor, predictions: torch.Tensor, train_cou
             "confusion": metrics.confusion_matrix(labels, predictions, k).tolist()}
 
 
-def rebalancing_grid(task, pretrained: nn.Module, runs: Sequence[tuple[str, float]], seeds: Sequence[int], *,
+def rebalancing_grid(task, pretrained: nn.Module | Mapping[int, nn.Module], runs: Sequence[tuple[str, float]], seeds: Sequence[int], *,
                      max_per_class: int, steps: int, lr: float, batch_size: int, progress: bool = True,
                      **finetune_kw: Any):
     """Fine-tune every ``(method, imbalance ratio)`` in ``runs`` once per seed; one row per run.
@@ -313,11 +333,15 @@ def rebalancing_grid(task, pretrained: nn.Module, runs: Sequence[tuple[str, floa
     :func:`long_tailed` (the seed changes which examples, not the class sizes) and every method sees
     the same one. The model is scored on the balanced ``task.test`` with :func:`imbalance_metrics`.
     A ``logit_adjust`` run reuses the ``plain`` model of the same ratio and seed when there is one.
+    ``pretrained``: one model, or one per seed (``{seed: model}``, see
+    :func:`helpers.transfer.model_for_seed`) so the spread over seeds covers pretraining too.
     Each row: method, ratio, seed, ``long_tail_size`` (the long-tailed set), ``train_size`` (what
     the method trained on, after resampling), the metrics (``recall``/``confusion`` as lists).
     """
     import pandas as pd
     from tqdm.auto import tqdm
+
+    from .transfer import model_for_seed
 
     check_knob("imbalance_methods", [m for m, _ in runs])
     runs = list(dict.fromkeys(runs))
@@ -329,7 +353,8 @@ def rebalancing_grid(task, pretrained: nn.Module, runs: Sequence[tuple[str, floa
     for seed, method, ratio in tqdm(jobs, desc="rebalancing runs", disable=not progress):
         index = long_tailed(task.pool[1], max_per_class, ratio, seed)
         images, labels = task.pool[0][index], task.pool[1][index]
-        model, train_size = train_rebalanced(method, pretrained, (images, labels), num_classes=task.num_classes,
+        model, train_size = train_rebalanced(method, model_for_seed(pretrained, seed), (images, labels),
+                                 num_classes=task.num_classes,
                                  steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                                  plain_model=plain_models.get((seed, ratio)), **finetune_kw)
         if method == "plain":

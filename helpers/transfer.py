@@ -2,11 +2,14 @@
 
 * :func:`harmful_cnn` -- the same small ResNet as :func:`helpers.vision.pretrained_cnn`, pretrained
   on a source that teaches nothing useful about digits: the generated glyphs with their labels
-  *shuffled* (the network can only memorise), or pure noise images with random labels. Cached
-  through :func:`helpers.checkpoints.load_or_train` under its own key (``cnn-harmful``).
+  *shuffled* (random labels: Maennel et al. 2020), or pure noise images with random labels -- and,
+  as the control, the *same* glyph images with their true labels, the same number of images and
+  steps (:data:`SOURCES`). Cached through :func:`helpers.checkpoints.load_or_train` (``cnn-harmful``).
 * :func:`transfer_grid` -- fine-tune the same target from several starting points (no pretraining,
   a related source, a harmful one) at several label budgets; every run trains for at least
-  ``min_steps`` steps *and* ``epochs`` passes over its data, so a large budget is not starved.
+  ``min_steps`` steps *and* ``epochs`` passes over its data, so a large budget is not starved. A
+  starting point may be one model per seed (:func:`model_for_seed`), so error bars cover pretraining.
+* :func:`per_seed` -- one number per seed from a grid, in seed order: the paired sides of a claim.
 * :func:`shift_recovery` -- inputs shifted with growing severity (:func:`helpers.vision.shift`), and
   how much a few labelled examples *from the shifted domain* win back.
 * :func:`crossover` -- the smallest label budget at which training from scratch catches up;
@@ -30,6 +33,37 @@ from .vision import shift
 
 HARMFUL_VERSION = 1
 TEST_SEED = 10_007  # the one seed of the shifted test sets: every model is tested on the same images
+SOURCES = ("glyph_labels", "shuffled_labels", "noise")  # the control, then the harmful_source knob's choices
+
+Starting = nn.Module | None | Mapping[int, nn.Module | None]
+
+
+def model_for_seed(start: Starting, seed: int) -> nn.Module | None:
+    """The starting point of the run with ``seed``: ``start`` itself (one model, or ``None`` for random
+    weights), or ``start[seed]`` when it maps each seed to its own model -- e.g. fine-tuning seed ``i``
+    from the network pretrained with :func:`helpers.config.pretrain_params` ``(params, i)``, so the
+    spread over seeds covers pretraining's variance as well as fine-tuning's."""
+    if isinstance(start, Mapping):
+        if seed not in start:
+            raise KeyError(f"no starting model for seed {seed}: models are given for seeds {sorted(start)}")
+        return start[seed]
+    return start
+
+
+def per_seed(grid, column: str, seeds: Sequence[int], **where: Any) -> list[float]:
+    """``column`` of the rows of ``grid`` matching ``where`` (e.g. ``init="related", budget=10``), one
+    value per seed in the order of ``seeds``: the paired side of a :mod:`helpers.claims` comparison.
+    Exactly one row per seed must match."""
+    rows = grid
+    for key, value in where.items():
+        rows = rows[rows[key] == value]
+    values = []
+    for seed in seeds:
+        match = rows[rows["seed"] == seed][column]
+        if len(match) != 1:
+            raise ValueError(f"per_seed: {len(match)} rows for seed {seed} and {where}: expected exactly one")
+        values.append(float(match.iloc[0]))
+    return values
 
 
 def check_plan(params: Mapping[str, Any], task) -> tuple[list[int], list[float]]:
@@ -50,13 +84,17 @@ def check_plan(params: Mapping[str, Any], task) -> tuple[list[int], list[float]]
 
 def harmful_source(source: str, n_classes: int, per_class: int, glyphs_per_class: int,
                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels of a source that carries no information about the target's classes.
+    """Images and labels of a pretraining source: ``per_class`` generated glyphs of each class.
 
-    ``shuffled_labels``: ``per_class`` real glyphs of each class with the labels randomly permuted
-    (the same images as a helpful source; only memorising them lowers the loss).
-    ``noise``: as many uniform-noise images with random labels. (The ``harmful_source`` knob's choices.)
+    ``glyph_labels`` (the control): the glyphs with their true labels. ``shuffled_labels``: the *same*
+    images with the labels randomly permuted, so no label can be predicted from an image and only
+    memorising lowers the loss (pretraining on random labels, Maennel et al. 2020). ``noise``: as many
+    uniform-noise images with random labels. The last two are the ``harmful_source`` knob's choices;
+    the first differs from ``shuffled_labels`` only in its labels, so the two compare cleanly.
     """
-    config.check_knob("harmful_source", source)
+    if source not in SOURCES:
+        raise ValueError(f"parameter 'harmful_source'={source!r} is not allowed: expected one of "
+                         f"{list(SOURCES[1:])} (or the control {SOURCES[0]!r})")
     if per_class > glyphs_per_class:
         raise ValueError(f"parameter 'harmful_per_class'={per_class} is not allowed: expected at most "
                          f"glyphs_per_class={glyphs_per_class} (the glyphs it is drawn from)")
@@ -66,6 +104,8 @@ def harmful_source(source: str, n_classes: int, per_class: int, glyphs_per_class
     gen = torch.Generator().manual_seed(seed + 1)
     if source == "noise":
         return torch.rand(images.shape, generator=gen), torch.randint(0, n_classes, (len(labels),), generator=gen)
+    if source == "glyph_labels":
+        return images, labels
     return images, labels[torch.randperm(len(labels), generator=gen)]
 
 
@@ -80,9 +120,10 @@ def harmful_cnn(params: Mapping[str, Any], source: str = "shuffled_labels", devi
                 progress: bool = True) -> tuple[SmallResNet, dict[str, Any]]:
     """A :class:`SmallResNet` pretrained on :func:`harmful_source` -- loaded if already trained.
 
-    Same architecture, optimiser and learning rate as the related pretraining of notebook 01; only
-    the source differs (and its size: ``harmful_per_class`` x ``glyph_classes`` images for
-    ``harmful_epochs`` epochs). Returns the model and a summary (``history``, ``wall_time``,
+    Same architecture, optimiser and learning rate as the related pretraining of notebook 01; the
+    source differs, and so does its size: ``harmful_per_class`` x ``glyph_classes`` images for
+    ``harmful_epochs`` epochs, for every ``source`` alike -- so compare a harmful source with the
+    ``glyph_labels`` control of the same size, not with notebook 01's larger pretraining. Returns the model and a summary (``history``, ``wall_time``,
     ``images_seen``, ``train_acc``, ``trained``).
     """
     from .train import train
@@ -120,8 +161,9 @@ def transfer_grid(task, inits: Mapping[str, nn.Module | None], runs: Sequence[tu
                   progress: bool = True, knob: str = "transfer_budgets"):
     """Fine-tune from every ``(init, label budget)`` in ``runs``, once per seed; one row per run.
 
-    ``inits`` names the starting points: a pretrained model (fully fine-tuned with a new head) or
-    ``None`` (the same network from random weights). Every run of a budget gets the same number of
+    ``inits`` names the starting points: a pretrained model (fully fine-tuned with a new head),
+    ``None`` (the same network from random weights), or a mapping seed -> model (:func:`model_for_seed`).
+    Every run of a budget gets the same number of
     steps (:func:`steps_for`), whatever it starts from. Built on :func:`helpers.vision.finetune_grid`;
     its rows plus ``init`` and ``steps``. A budget too large for the pool fails before any training,
     naming ``knob``.
@@ -138,12 +180,13 @@ def transfer_grid(task, inits: Mapping[str, nn.Module | None], runs: Sequence[tu
         config.check_budgets(knob, [budget for _, budget in runs], task.max_budget, f"{task.name} pool")
     frames = []
     for init, budget in tqdm(list(dict.fromkeys(runs)), desc="transfer runs", disable=not progress):
-        pretrained = inits[init]
         steps = steps_for(budget * task.num_classes, batch_size, min_steps, epochs)
-        frame = finetune_grid(task, pretrained, [("scratch" if pretrained is None else "full_ft", budget)], list(seeds),
-                              steps=steps, lr=lr, batch_size=batch_size, width=width, bf16=bf16, device=device,
-                              weight_decay=weight_decay, progress=False, knob=knob)
-        frames.append(frame.assign(init=init, steps=steps))
+        for seed in seeds:
+            pretrained = model_for_seed(inits[init], seed)
+            frame = finetune_grid(task, pretrained, [("scratch" if pretrained is None else "full_ft", budget)], [seed],
+                                  steps=steps, lr=lr, batch_size=batch_size, width=width, bf16=bf16, device=device,
+                                  weight_decay=weight_decay, progress=False, knob=knob)
+            frames.append(frame.assign(init=init, steps=steps))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -240,7 +283,8 @@ def recovered_fraction(acc, extra_per_class: Sequence[int], severity: float) -> 
     drop = acc[(0, 0.0)] - acc[(0, severity)]
     return {k: (acc[(k, severity)] - acc[(0, severity)]) / drop for k in extra_per_class}
 
-def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Sequence[int],
+
+def shift_recovery(task, pretrained: Starting, budget: int, extra_per_class: Sequence[int],
                    severities: Sequence[float], seeds: Sequence[int], *, train_severity: float = 1.0,
                    steps: int, lr: float, batch_size: int, width: int, bf16: bool,
                    device: torch.device | str = "cpu", weight_decay: float = 1e-4, progress: bool = True,
@@ -251,7 +295,8 @@ def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Se
     (k, severity, seed): ``acc``.
 
     The shifted examples are other pool examples than the clean ones (new labelled data from the new
-    domain). The test set is shifted with one fixed seed, so every model sees the same test images.
+    domain). ``pretrained`` may map each seed to its own model (:func:`model_for_seed`). The test set
+    is shifted with one fixed seed, so every model sees the same test images.
     Budgets that do not fit the pool fail before any training, naming ``knob`` or ``extra_knob``.
     """
     import pandas as pd
@@ -270,7 +315,7 @@ def shift_recovery(task, pretrained: nn.Module, budget: int, extra_per_class: Se
     for seed, k in tqdm(jobs, desc="domain-shift runs", disable=not progress):
         clean = data.label_budget(task.pool[1], budget, seed)
         images, labels = with_shifted_examples(task.pool, clean, k, train_severity, seed)
-        tuned = finetune("full_ft", pretrained, (images, labels), num_classes=task.num_classes, steps=steps,
+        tuned = finetune("full_ft", model_for_seed(pretrained, seed), (images, labels), num_classes=task.num_classes, steps=steps,
                          lr=lr, batch_size=batch_size, seed=seed, width=width, bf16=bf16, device=device,
                          weight_decay=weight_decay)
         for severity, test in tests.items():

@@ -120,6 +120,10 @@ def test_methods_lr_grid_runs_notebook_03s_methods(tiny):
                               batch_size=4, width=4, weight_decay=0.0, bf16=False)
     assert len(runs) == 4 and set(runs.factor) == {1.0, 3.0}
     assert runs["lr"].tolist() == pytest.approx([1e-3, 3e-3, 1e-3, 3e-3])
+    per_seed = hp.methods_lr_grid(task, {0: net, 1: SmallResNet(2, width=4)}, ["linear_probe"], [1], [0, 1], lr=1e-3,
+                                  budget=5, steps=3, batch_size=4, width=4, weight_decay=0.0, bf16=False)
+    assert per_seed.loc[per_seed.seed == 0, "val_acc"].iloc[0] == runs[(runs.method == "linear_probe") & (runs.factor == 1)
+                                                                       ].val_acc.iloc[0]  # seed 0: the net it was given
     with pytest.raises(ValueError, match="'methods'"):
         hp.methods_lr_grid(task, net, ["nope"], [1], [0], lr=1e-3, budget=5, steps=3, batch_size=4, width=4,
                            weight_decay=0.0, bf16=False)

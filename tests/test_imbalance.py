@@ -165,3 +165,40 @@ def test_recall_figure_draws_a_bar_per_class_and_both_accuracies():
     plt.close(fig)
     with pytest.raises(ValueError, match="10 classes but train_counts 9"):
         imbalance.recall_figure([0.5] * 10, counts[:9], 0.5, 0.5)
+
+
+def test_head_size_caps_the_request_at_the_smallest_class():
+    labels = torch.tensor([0] * 9 + [1] * 5 + [2] * 7)
+    assert imbalance.head_size(labels, 4) == 4
+    assert imbalance.head_size(labels, 200) == 5  # class 1 has only 5: every class must be able to be the head
+    assert len(imbalance.long_tailed(labels, imbalance.head_size(labels, 200), 5, seed=0)) == 5 + 2 + 1
+    with pytest.raises(ValueError, match="'imbalance_max_per_class'=0 is not allowed"):
+        imbalance.head_size(labels, 0)
+
+
+def test_focal_alpha_is_focal_loss_weighted_by_inverse_frequency():
+    images, labels = torch.rand(8, 1, 8, 8), torch.tensor([0] * 6 + [1] * 2)
+    data, loss_fn = imbalance.rebalanced_data("focal_alpha", images, labels, seed=0)
+    assert data[0] is images
+    logits = torch.tensor([[2.0, 0.0]] * 6 + [[0.0, 0.5]] * 2)
+    model = lambda x: logits  # noqa: E731 -- fixed logits, whatever the input
+    expected = imbalance.focal_loss(weights=imbalance.class_weights(labels))(model, (images, labels), "classify")[0]
+    got = loss_fn(model, (images, labels), "classify")[0]
+    plain = imbalance.focal_loss()(model, (images, labels), "classify")[0]
+    assert got.item() == pytest.approx(expected.item()) and got.item() > plain.item()  # the rare class weighs more
+
+
+def test_rebalancing_grid_starts_each_seed_from_its_own_model():
+    from helpers.vision import TargetTask
+
+    torch.manual_seed(0)
+    labels = torch.arange(3).repeat(6)
+    images = torch.rand(len(labels), 1, 28, 28)
+    task = TargetTask("toy", (images, labels), (images, labels), (images, labels), (images, labels), 3)
+    common = dict(max_per_class=4, steps=2, lr=1e-3, batch_size=4, progress=False, width=4)
+    nets = {s: SmallResNet(5, width=4, stages=1) for s in (0, 1)}
+    by_seed = imbalance.rebalancing_grid(task, nets, [("plain", 2)], [0, 1], **common)
+    one = imbalance.rebalancing_grid(task, nets[0], [("plain", 2)], [0], **common)
+    assert by_seed.iloc[0]["recall"] == one.iloc[0]["recall"]  # seed 0 started from nets[0], as given alone
+    with pytest.raises(KeyError, match="no starting model for seed 2"):
+        imbalance.rebalancing_grid(task, nets, [("plain", 2)], [2], **common)

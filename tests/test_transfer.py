@@ -22,6 +22,27 @@ def test_shuffled_source_keeps_images_and_class_sizes_but_breaks_labels(store):
         transfer.harmful_source("noise", 4, 11, 10, 0)
 
 
+def test_the_control_source_is_the_same_images_with_their_true_labels(store):
+    images, labels = transfer.harmful_source("shuffled_labels", 4, per_class=6, glyphs_per_class=10, seed=0)
+    control, true_labels = transfer.harmful_source("glyph_labels", 4, per_class=6, glyphs_per_class=10, seed=0)
+    assert torch.equal(control, images) and not torch.equal(true_labels, labels)
+    assert sorted(true_labels.tolist()) == sorted(labels.tolist())  # a permutation: the same class sizes
+    with pytest.raises(ValueError, match=r"'harmful_source'='textures' is not allowed: .*'glyph_labels'"):
+        transfer.harmful_source("textures", 4, 6, 10, 0)
+
+
+def test_model_for_seed_and_per_seed_pair_runs_by_seed():
+    net = torch.nn.Linear(1, 1)
+    assert transfer.model_for_seed(net, 5) is net and transfer.model_for_seed(None, 5) is None
+    assert transfer.model_for_seed({3: net}, 3) is net
+    with pytest.raises(KeyError, match=r"no starting model for seed 4: models are given for seeds \[3\]"):
+        transfer.model_for_seed({3: net}, 4)
+    grid = pd.DataFrame({"init": ["a", "a", "b", "b"], "seed": [1, 0, 0, 1], "acc": [0.1, 0.2, 0.3, 0.4]})
+    assert transfer.per_seed(grid, "acc", [0, 1], init="a") == [0.2, 0.1]  # in the order of the seeds given
+    with pytest.raises(ValueError, match="0 rows for seed 2"):
+        transfer.per_seed(grid, "acc", [2], init="a")
+
+
 def test_harmful_cnn_trains_once_then_loads(store):
     P = resolve("smoke", glyph_classes=4, glyphs_per_class=10, harmful_per_class=5, _record=False)
     first, summary = transfer.harmful_cnn(P, "shuffled_labels", progress=False)
@@ -62,6 +83,10 @@ def test_transfer_grid_and_shift_recovery_return_one_row_per_run():
     assert set(grid[grid.init == "scratch"].method) == {"scratch"} and grid.test_acc.between(0, 1).all()
     with pytest.raises(ValueError, match="unknown starting points"):
         transfer.transfer_grid(task, {"scratch": None}, [("harmful", 2)], [0], min_steps=1, epochs=1, **common)
+    by_seed = transfer.transfer_grid(task, {"related": {0: pretrained, 1: SmallResNet(5, width=4, stages=1)}},
+                                     [("related", 2)], [0, 1], min_steps=2, epochs=1, **common)
+    same = grid[(grid.init == "related") & (grid.budget == 2) & (grid.seed == 0)].test_acc.iloc[0]
+    assert by_seed[by_seed.seed == 0].test_acc.iloc[0] == same  # seed 0 started from the model it was given
     recovery = transfer.shift_recovery(task, pretrained, 2, [2], [0.0, 1.0], [0], steps=2, **common)
     assert len(recovery) == 4 and set(recovery.extra_per_class) == {0, 2}
     with pytest.raises(ValueError, match=r"'transfer_budgets'=\[13\] is not allowed: .* in \[1, 12\]"):
