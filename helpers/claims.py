@@ -2,7 +2,8 @@
 
 Two ways to make one:
 
-* ``claim.greater(name, a, b, margin)`` (and ``claim.less``, ``claim.close``, ``claim.above``) -- the
+* ``claim.greater(name, a, b, margin)`` (and ``claim.less``, ``claim.close``; ``claim.above`` and
+  ``claim.below`` against a fixed threshold, saying where it comes from) -- the
   structured form, for every claim that compares two measured quantities. ``a`` and ``b`` are one
   number each, or one number **per seed** (paired: seed *i* of ``a`` with seed *i* of ``b``). The
   effect is the mean of the per-seed differences ``a - b``, reported with its 95% t-interval; the
@@ -194,13 +195,23 @@ def above(name: str, a: Any, threshold: float, *, a_label: str = "a", threshold_
                        asserted, why, evidence)
 
 
+def below(name: str, a: Any, threshold: float, *, a_label: str = "a", threshold_label: str = "threshold",
+          test: str = "mean", asserted: bool = True, why: str | None = None,
+          evidence: Mapping[str, Any] | None = None) -> bool:
+    """Claim that a measured ``a`` stays below a fixed ``threshold`` (e.g. a tolerance on a gap): say
+    in ``threshold_label`` where the threshold comes from. (``above`` with the sides swapped.)"""
+    return _structured(name, "greater", float(threshold), a, 0.0, test, threshold_label, a_label, False,
+                       asserted, why, evidence)
+
+
 class _ClaimAPI:
-    """``claim(name, holds, evidence)`` plus ``claim.greater/less/close/above``."""
+    """``claim(name, holds, evidence)`` plus ``claim.greater/less/close/above/below``."""
 
     greater = staticmethod(greater)
     less = staticmethod(less)
     close = staticmethod(close)
     above = staticmethod(above)
+    below = staticmethod(below)
     compare = staticmethod(compare)
 
     def __call__(self, name: str, holds: Any, evidence: Mapping[str, Any] | None = None, *,

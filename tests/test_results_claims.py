@@ -87,6 +87,10 @@ def test_structured_claims_pair_seeds_and_report_the_interval(tmp_path):
     with pytest.raises(ClaimFailed):
         claim.close("not within 1%", [0.8, 0.8], [1.0, 1.0], 0.01, relative=True, a_label="lora", b_label="full")
     assert claim.above("above chance", [0.5, 0.6], 0.1, a_label="acc", threshold_label="chance (1/10)")
+    assert claim.below("gap under 0.04", [0.01, 0.02], 0.04, a_label="best - last", threshold_label="tolerance 0.04")
+    assert _saved(tmp_path)["claims"][-1]["effect"] == pytest.approx(0.025)  # threshold - a
+    with pytest.raises(ClaimFailed, match="gap under 0.01"):
+        claim.below("gap under 0.01", [0.01, 0.02], 0.01, a_label="best - last", threshold_label="tolerance 0.01")
 
 
 def test_structured_claims_refuse_comparisons_that_cannot_fail(tmp_path):
