@@ -206,6 +206,23 @@ KNOBS: dict[str, Knob] = {
     "lr_finder_steps": Knob(int, "steps of the learning-rate range test (LR finder)", low=5, high=100_000),
     "method_lr_factors": Knob(float, "learning rates tried for each fine-tuning method, as multiples of lr "
                               "(must include 1)", low=1e-4, high=1e4, is_list=True),
+    # the scale of pretraining (10)
+    "scale_seeds": Knob(int, "seeds of every scale run: seed i pretrains and fine-tunes with seed + i", low=1, high=20),
+    "scale_glyphs_per_class": Knob(int, "glyphs per class of each CNN pretraining set of the size ladder (at "
+                                   "glyph_classes classes)", low=1, high=100_000, is_list=True),
+    "scale_glyph_classes": Knob(int, "glyph classes of each set of the diversity ladder (scale_diversity_images "
+                                "images each)", low=2, high=94, is_list=True),
+    "scale_diversity_images": Knob(int, "images of every pretraining set of the diversity ladder", low=2,
+                                   high=10_000_000),
+    "scale_pretrain_images": Knob(int, "images every scale pretraining run processes (a smaller set is read "
+                                  "more often: equal compute)", low=1, high=100_000_000),
+    "scale_budgets": Knob(int, "label budgets (per class) each scale-pretrained CNN is fine-tuned at", low=1,
+                          high=100_000, is_list=True),
+    "scale_token_fractions": Knob(float, "fractions of the GPT pretraining blocks of the token ladder", low=1e-4,
+                                  high=1.0, is_list=True),
+    "scale_lm_passes": Knob(int, "passes over its blocks of each run of the token ladder", low=1, high=1_000),
+    "scale_repeats": Knob(int, "the repeated-text run reads a this-many-times smaller set this-many-times "
+                          "more often", low=2, high=1_000),
 }
 
 _COMMON = {"seed": 0, "device": "auto", "threads": 0, "bf16": True,
@@ -216,6 +233,9 @@ _COMMON = {"seed": 0, "device": "auto", "threads": 0, "bf16": True,
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {**_COMMON, "seeds": 1, "pretrain_seeds": 1, "lm_pretrain_seeds": 1,
+              "scale_glyphs_per_class": [2, 4, 8, 32], "scale_glyph_classes": [5, 10], "scale_diversity_images": 100,
+              "scale_pretrain_images": 200, "scale_budgets": [2, 5],
+              "scale_token_fractions": [0.125, 0.25, 0.5, 1.0], "scale_lm_passes": 1, "scale_repeats": 2, "scale_seeds": 1,
               "imbalance_ratios": [1, 10], "imbalance_max_per_class": 10, "imbalance_methods": list(_IMBALANCE),
               "harmful_source": "shuffled_labels", "harmful_per_class": 5, "harmful_epochs": 1,
               "transfer_budgets": [2, 5], "transfer_epochs": 1,
@@ -241,6 +261,9 @@ PROFILES: dict[str, dict[str, Any]] = {
               "methods": ["scratch", "linear_probe", "full_ft", "lp_ft", "discriminative_lr",
                           "gradual_unfreezing", "full_ft_high_lr"]},
     "quick": {**_COMMON, "seeds": 3, "pretrain_seeds": 3, "lm_pretrain_seeds": 2,
+              "scale_glyphs_per_class": [10, 25, 60, 160], "scale_glyph_classes": [10, 20, 40], "scale_diversity_images": 2_400,
+              "scale_pretrain_images": 6_400, "scale_budgets": [5, 50],
+              "scale_token_fractions": [0.03125, 0.0625, 0.125, 0.25], "scale_lm_passes": 1, "scale_repeats": 8, "scale_seeds": 2,
               "imbalance_ratios": [1, 10, 50], "imbalance_max_per_class": 200, "imbalance_methods": list(_IMBALANCE),
               "harmful_source": "shuffled_labels", "harmful_per_class": 100, "harmful_epochs": 4,
               "transfer_budgets": [10, 30, 100, 300], "transfer_epochs": 2,
@@ -271,6 +294,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # (about 6e15 FLOPs per objective: minutes on a modern GPU, about a day on 2 CPU cores); the GPT
     # (6.9 M parameters, 20 epochs of 0.46 M tokens) is about 4e14; the glyphs take 1.3 GB as float32.
     "full": {**_COMMON, "seeds": 5, "pretrain_seeds": 3, "lm_pretrain_seeds": 3,
+              "scale_glyphs_per_class": [50, 200, 800, 3_200], "scale_glyph_classes": [10, 20, 40, 80], "scale_diversity_images": 64_000,
+              "scale_pretrain_images": 500_000, "scale_budgets": [5, 50],
+              "scale_token_fractions": [0.0625, 0.125, 0.25, 0.5, 1.0], "scale_lm_passes": 2, "scale_repeats": 16, "scale_seeds": 3,
              "imbalance_ratios": [1, 10, 50, 100], "imbalance_max_per_class": 300, "imbalance_methods": list(_IMBALANCE),
              "harmful_source": "shuffled_labels", "harmful_per_class": 500, "harmful_epochs": 10,
              "transfer_budgets": [10, 30, 100, 300], "transfer_epochs": 10,
