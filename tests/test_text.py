@@ -304,6 +304,64 @@ def test_peft_table_and_lora_ablation(tiny):
     assert trainable["emb+attention", 1] < trainable["emb+attention", 2] < trainable["emb+attention+MLP", 2]
     reused = [r.accuracy for r in runs if r.method == "lora"]
     assert ablation.loc[("emb+attention", 2), "acc_mean"] == pytest.approx(sum(reused) / 2)
+    again, per_seed = text.lora_ablation(gpt, task, pool, test, ranks=[2], budget=4, seeds=[0, 1], reuse=runs,
+                                         reuse_rank=2, target_sets={"emb+attention": text.LORA_TARGETS},
+                                         return_runs=True, **kw)
+    assert per_seed["seed"].tolist() == [0, 1]   # the sides of a paired claim, in seed order
+    assert per_seed["accuracy"].tolist() == [r.accuracy for r in sorted(runs, key=lambda r: r.seed) if r.method == "lora"]
+    assert again.loc[("emb+attention", 2), "acc_mean"] == pytest.approx(per_seed["accuracy"].mean())
+
+
+def test_each_finetuning_seed_starts_from_its_own_pretraining_run(tiny, monkeypatch):
+    """Fine-tuning seed number i starts from pretraining run i mod n (``pretrain_gpts``), so the spread
+    over seeds covers pretraining too; forgetting is measured only where it is asked for."""
+    from helpers.text import finetune
+
+    P, gpt = tiny
+    P2 = resolve("smoke", _record=False, **{**TINY, "seeds": 3, "lm_pretrain_seeds": 2})
+    gpts = text.pretrain_gpts(P2, progress=False)
+    assert [g.config_key["seed"] for g in gpts] == [P2.seed, P2.seed + 1]
+    assert gpts[0].folder == gpt.folder                       # run 0 is the base model every notebook shares
+    assert gpts[0].model is not gpts[1].model and not torch.equal(
+        gpts[0].model.transformer.wte.weight, gpts[1].model.transformer.wte.weight)
+    calls = []
+
+    def recorder(method, base, *args, seed, budget, **kw):
+        calls.append((seed, budget, base.config_key["seed"], "forget_blocks" in kw))
+        return finetune.TextRun(method, "pretrained", budget, seed, 0.5 + seed / 100, 1, 2, 0.0, 0, 0, None)
+
+    monkeypatch.setattr(finetune, "finetune_text", recorder)
+    task = text.TextTask("toy", [f"{w} thing {i}" for i in range(40) for w in ("apple", "pear")],
+                         torch.tensor([0, 1] * 40), ["apple", "pear"])
+    runs = text.compare_methods({"pretrained": gpts}, task, torch.arange(60), torch.arange(60, 80), methods=["full"],
+                                budgets=[2, 4], seeds=[7, 8, 9], seq_len=8, progress=False, forget_budgets=[4],
+                                forget_blocks=torch.zeros(2, 9, dtype=torch.long))
+    assert [(s, b, pre) for s, b, pre, _ in calls] == [(s, b, pre) for b in (2, 4) for s, pre in
+                                                       zip((7, 8, 9), (P2.seed, P2.seed + 1, P2.seed))]
+    assert [forget for *_, forget in calls] == [False] * 3 + [True] * 3
+    assert text.per_seed(runs, "full", 4) == pytest.approx([0.57, 0.58, 0.59])
+    with pytest.raises(ValueError, match="no 'lora' runs at budget 4"):
+        text.per_seed(runs, "lora", 4)
+    with pytest.raises(ValueError, match="several runs per seed"):
+        text.per_seed(runs + [runs[-1]], "full", 4)
+    with pytest.raises(ValueError, match="at least one pretrained model"):
+        text.compare_methods({"pretrained": []}, task, torch.arange(60), torch.arange(60, 80), methods=["full"],
+                             budgets=[2], seeds=[0], seq_len=8, progress=False)
+
+
+def test_learning_forgetting_figure_joins_only_a_family():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    points = pd.DataFrame({"label": ["", "r1", "r4"], "family": ["full", "LoRA", "LoRA"], "acc_mean": [0.6, 0.5, 0.55],
+                           "acc_std": [0.01, 0.02, 0.01], "forgetting_mean": [100.0, 150.0, 400.0]})
+    fig = text.learning_forgetting_figure(points, "toy")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["full", "LoRA"]
+    assert ax.get_yscale() == "symlog" and "forgotten" in ax.get_ylabel() and "learnt" in ax.get_xlabel()
+    styles = [line.get_linestyle() for line in ax.get_lines() if len(line.get_xdata()) > 0]
+    assert "None" in styles and "-" in styles   # a lone method is a point, a family a line
 
 
 def test_compare_methods_and_summary_table(tiny):

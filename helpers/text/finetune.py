@@ -221,36 +221,64 @@ def finetune_text(method: str, base: Pretrained, train_data: tuple[torch.Tensor,
                    forgetting)
 
 
-def compare_methods(backbones: Mapping[str, Pretrained], task: TextTask, pool: torch.Tensor,
+def compare_methods(backbones: Mapping[str, Pretrained | Sequence[Pretrained]], task: TextTask, pool: torch.Tensor,
                     test: torch.Tensor, *, methods: Sequence[str], budgets: Sequence[int],
                     seeds: Iterable[int], seq_len: int, progress: bool = True, budget_knob: str = "text_budgets",
-                    **finetune_kw: Any) -> list[TextRun]:
+                    forget_budgets: Sequence[int] | None = None, **finetune_kw: Any) -> list[TextRun]:
     """Every method x backbone x label budget x seed, on one fixed test set.
 
     For each seed and budget the labelled examples are drawn from ``pool`` with
     :func:`helpers.data.label_budget` (a smaller budget is a subset of a larger one); all methods see
-    the same examples. ``finetune_kw`` goes to :func:`finetune_text`. Methods and budgets are checked
-    before any training; a budget too big names the knob it came from, ``budget_knob``.
+    the same examples. A backbone is one pretrained model, or a list of them, one per pretraining
+    seed (:func:`~helpers.text.pretrain.pretrain_gpts`): fine-tuning seed number ``i`` (its position
+    in ``seeds``) then starts from entry ``i mod len``, so the spread over seeds includes the spread
+    over pretraining runs. ``finetune_kw`` goes to :func:`finetune_text`; its ``forget_blocks``
+    are used only at ``forget_budgets`` (None: every budget), since measuring forgetting costs an
+    evaluation per run. Methods and budgets are checked before any training; a budget too big names
+    the knob it came from, ``budget_knob``.
     """
     from tqdm.auto import tqdm
 
     check_knob("text_methods", list(methods))
     seeds = list(seeds)
     check_budgets(budget_knob, budgets, task.max_budget(pool), f"{task.kind} task pool")
-    first = next(iter(backbones.values()))
+    models = {name: list(b) if isinstance(b, (list, tuple)) else [b] for name, b in backbones.items()}
+    if any(not m for m in models.values()):
+        raise ValueError("compare_methods: every backbone needs at least one pretrained model")
+    first = next(iter(models.values()))[0]
     ids = encode_texts(first.tokenizer, task.texts, seq_len)
     test_data = (ids[test], task.labels[test])
-    jobs = [(name, budget, seed, method) for name in backbones for budget in budgets for seed in seeds
+    jobs = [(name, budget, index, method) for name in models for budget in budgets for index in range(len(seeds))
             for method in methods]
     runs, measured = [], set()
-    for name, budget, seed, method in tqdm(jobs, desc="fine-tune", disable=not progress, leave=False):
+    for name, budget, index, method in tqdm(jobs, desc="fine-tune", disable=not progress, leave=False):
+        seed = seeds[index]
         chosen = data.label_budget(task.labels, budget, seed=seed, indices=pool)
         measure = (method, name, budget) not in measured  # memory and size do not depend on the seed
         measured.add((method, name, budget))
-        runs.append(finetune_text(method, backbones[name], (ids[chosen], task.labels[chosen]), test_data,
+        kw = dict(finetune_kw)
+        if forget_budgets is not None and budget not in forget_budgets:
+            kw.pop("forget_blocks", None)
+        base = models[name][index % len(models[name])]
+        runs.append(finetune_text(method, base, (ids[chosen], task.labels[chosen]), test_data,
                                   num_classes=len(task.classes), seed=seed, measure=measure, backbone=name,
-                                  budget=budget, **finetune_kw))
+                                  budget=budget, **kw))
     return runs
+
+
+def per_seed(runs: Sequence[TextRun], method: str, budget: int, value: str = "accuracy",
+             backbone: str | None = None) -> list[float]:
+    """``value`` (a :class:`TextRun` field: ``accuracy``, ``forgetting``, ...) of ``method``'s runs at
+    ``budget``, one per seed in seed order -- the sides of a paired claim (``claim.greater``):
+    position ``i`` of two methods' lists is the same seed, the same examples, the same pretraining."""
+    chosen = sorted((r for r in runs if r.method == method and r.budget == budget
+                     and (backbone is None or r.backbone == backbone)), key=lambda r: r.seed)
+    if not chosen:
+        where = f" on {backbone!r}" if backbone else ""
+        raise ValueError(f"per_seed: no {method!r} runs at budget {budget}{where}")
+    if len({r.seed for r in chosen}) != len(chosen):
+        raise ValueError(f"per_seed: {method!r} at budget {budget} has several runs per seed: name the backbone")
+    return [float(getattr(r, value)) for r in chosen]
 
 
 def runs_table(runs: Sequence[TextRun]):

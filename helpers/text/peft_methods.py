@@ -35,6 +35,8 @@ from ..models import set_trainable
 from .lm import quiet_transformers
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .finetune import GPTClassifier
 
 #: The PEFT methods :func:`prepare` builds.
@@ -49,8 +51,9 @@ ADAPTER_SIZE = 16
 
 #: The GPT-2 layers LoRA adapts: the attention's query/key/value projection (as in the LoRA paper)
 #: and the token embeddings. On a model this small, whose features are far from the task, which
-#: *words* matter has to be learned; LoRA on attention alone cannot change that (measured: about 13
-#: accuracy points below full fine-tuning at 32 labels per class, against about 5 with embeddings).
+#: *words* matter has to be learned; LoRA on attention alone cannot change that (measured in the quick
+#: profile while choosing these targets: about 13 accuracy points below full fine-tuning at 32 labels per
+#: class, against about 5 with embeddings; ``lora_ablation(..., target_sets=...)`` measures it again).
 LORA_TARGETS: tuple[str, ...] = ("wte", "c_attn")
 #: Target sets of notebook 04's LoRA ablation (``c_proj`` names both the attention output and the
 #: MLP output projection; ``c_fc`` is the MLP input).
@@ -240,11 +243,15 @@ def peft_table(runs: Sequence[Any], budget: int):
 def lora_ablation(base: Any, task: Any, pool: torch.Tensor, test: torch.Tensor, *, ranks: Sequence[int],
                   target_sets: dict[str, Sequence[str]] | None = None, budget: int, seeds: Sequence[int],
                   reuse: Sequence[Any] = (), reuse_rank: int | None = None, progress: bool = True,
-                  **finetune_kw: Any):
+                  return_runs: bool = False, **finetune_kw: Any):
     """LoRA at every rank x target set (default :data:`LORA_TARGET_SETS`), ``budget`` labels per
     class, every seed: one row per (targets, rank) with accuracy mean and std, trainable parameters,
-    seconds and forgetting (with LoRA on; NaN unless ``forget_blocks`` is among ``finetune_kw``). ``reuse``: LoRA runs already made at ``reuse_rank`` with the default targets
-    (:data:`LORA_TARGETS`) on the same budget and seeds, counted instead of run again."""
+    seconds and forgetting (with LoRA on; NaN unless ``forget_blocks`` is among ``finetune_kw``).
+    ``base``: the pretrained model, or one per pretraining seed (as in
+    :func:`~helpers.text.finetune.compare_methods`). ``reuse``: LoRA runs already made at
+    ``reuse_rank`` with the default targets (:data:`LORA_TARGETS`) on the same budget and seeds,
+    counted instead of run again. ``return_runs``: also return the per-seed rows (targets, rank,
+    seed, accuracy, forgetting_%), the sides of paired claims."""
     import pandas as pd
 
     from .finetune import compare_methods
@@ -269,4 +276,32 @@ def lora_ablation(base: Any, task: Any, pool: torch.Tensor, test: torch.Tensor, 
         acc_mean=("accuracy", "mean"), acc_std=("accuracy", "std"), seeds=("seed", "count"),
         trainable=("trainable", "first"), trainable_pct=("trainable_%", "first"), seconds=("seconds", "mean"),
         forgetting_mean=("forgetting_%", "mean"))
-    return table.rename(columns={"trainable_pct": "trainable_%"}).fillna({"acc_std": 0.0})
+    table = table.rename(columns={"trainable_pct": "trainable_%"}).fillna({"acc_std": 0.0})
+    return (table, frame.sort_values(["targets", "rank", "seed"], kind="stable")) if return_runs else table
+
+
+def learning_forgetting_figure(points: "pd.DataFrame", title: str = ""):
+    """Methods on the learning-vs-forgetting plane: accuracy on the task (learnt, x) against the rise
+    of English perplexity with the method on (forgotten, y), one point per row of ``points`` (columns
+    ``label``, ``family``, ``acc_mean``, ``forgetting_mean`` in %, optional ``acc_std`` and
+    ``forgetting_std``); rows of one family (e.g. LoRA at growing rank) are joined by a line, in
+    ``points``' order. Biderman et al. (2024) put LoRA and full fine-tuning on one such curve: LoRA
+    learns less and forgets less. Right is better, up is worse."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    for family, rows in points.groupby("family", sort=False):
+        ax.errorbar(100 * rows["acc_mean"], rows["forgetting_mean"],
+                    xerr=100 * rows["acc_std"] if "acc_std" in rows else None,
+                    yerr=rows["forgetting_std"] if "forgetting_std" in rows else None,
+                    marker="o", capsize=3, label=family, linestyle="-" if len(rows) > 1 else "none")
+        for _, row in rows.iterrows():
+            ax.annotate(row["label"], (100 * row["acc_mean"], row["forgetting_mean"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+    ax.set(xlabel="test accuracy (%): learnt", ylabel="English perplexity rise while on (%): forgotten",
+           title=title or "learning vs forgetting")
+    ax.set_yscale("symlog", linthresh=10)   # linear below 10%, logarithmic above
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -173,6 +173,24 @@ def pretrain_gpt(P: Mapping[str, Any], device: torch.device | str = "cpu", corpu
     return load_or_pretrain("gpt-pretrain", config, build, train_fn, tokenizer)
 
 
+def pretrain_gpts(P: Mapping[str, Any], device: torch.device | str = "cpu", corpus: LMCorpus | None = None,
+                  progress: bool = True) -> list[Pretrained]:
+    """One :func:`pretrain_gpt` per pretraining seed: ``lm_pretrain_seeds`` of them (each loaded if it
+    was trained before).
+
+    Entry ``j`` is pretrained with :func:`helpers.config.pretrain_params` ``(P, j, "lm")``: the same
+    text, tokenizer and recipe, only the seed (initial weights, batch order, samples) differs. Entry 0
+    is the base model every single-model view uses. Fine-tuning seed number ``i`` starts from entry
+    ``i mod len``: pass the list as a backbone of :func:`~helpers.text.finetune.compare_methods`, so
+    an effect's spread over seeds covers pretraining as well as fine-tuning.
+    """
+    from ..config import pretrain_params
+
+    corpus = corpus or lm_corpus(P["text_chars"], P["vocab_size"], P["seq_len"])
+    return [pretrain_gpt(pretrain_params(P, j, "lm"), device, corpus, progress)
+            for j in range(P.get("lm_pretrain_seeds", 1))]
+
+
 def _cost(model: nn.Module, history: History, device, P: Mapping[str, Any]) -> dict[str, Any]:
     tokens = history.examples_seen
     params = count_parameters(model)
