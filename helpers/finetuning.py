@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -131,16 +131,52 @@ class FineTuned:
     trainable_params: int
     total_params: int
     flops: float  # training FLOPs (forward + backward ~ 3x forward where gradients flow)
+    curve: list[dict[str, float]] | None = None  # validation accuracy at checkpoints (``curve_data=``)
+
+
+class _Checkpoints:
+    """An ``on_epoch_end`` hook: at the epochs of :func:`helpers.compute.checkpoint_epochs`, the
+    full network's accuracy on ``data`` next to the compute spent so far (steps, images, FLOPs and
+    training seconds, i.e. without the evaluations themselves)."""
+
+    def __init__(self, model: nn.Module, data: Data, total_epochs: int, steps_per_epoch: int,
+                 images_per_epoch: int, flops_per_image: float, flops_before: float, seconds_before: float,
+                 bf16: bool):
+        from .compute import checkpoint_epochs
+
+        self.model, self.data, self.bf16 = model, data, bf16
+        self.epochs = set(checkpoint_epochs(total_epochs))
+        self.steps_per_epoch, self.images_per_epoch = steps_per_epoch, images_per_epoch
+        self.flops_per_image, self.flops_before = flops_per_image, flops_before
+        self.seconds = seconds_before
+        self.points: list[dict[str, float]] = []
+
+    def __call__(self, epoch: int, _trained: nn.Module, row: dict[str, Any]) -> None:
+        from .train import evaluate
+
+        self.seconds += row["seconds"]
+        if epoch in self.epochs:
+            images = epoch * self.images_per_epoch
+            with torch.inference_mode():
+                acc = evaluate(self.model, self.data, batch_size=1024, bf16=self.bf16)["acc"]
+            self.points.append({"step": epoch * self.steps_per_epoch, "images": images,
+                                "flops": self.flops_before + self.flops_per_image * images,
+                                "seconds": self.seconds, "val_acc": acc})
 
 
 def _train_head(model: SmallResNet, data: tuple[torch.Tensor, torch.Tensor], *, steps: int,
-                lr: float, batch_size: int, seed: int, weight_decay: float) -> tuple[History, int]:
-    """Feature extraction: fit ``model.head`` on frozen features computed once."""
+                lr: float, batch_size: int, seed: int, weight_decay: float,
+                on_epoch_end: Sequence[Callable[..., None]] = ()) -> tuple[History, int]:
+    """Feature extraction: fit ``model.head`` on frozen features computed once.
+
+    ``on_epoch_end`` hooks are called with the *whole* ``model`` (not the head alone)."""
     set_trainable(model.backbone, False)
     features = extract_features(model, data[0])
     epochs, batch = epochs_for(len(features), batch_size, steps)
+    hooks = [lambda epoch, _head, row, hook=hook: hook(epoch, model, row) for hook in on_epoch_end]
     history = train(model.head, (features.to(next(model.parameters()).device), data[1]), epochs=epochs,
-                    lr=lr, batch_size=batch, seed=seed, weight_decay=weight_decay, progress=False)
+                    lr=lr, batch_size=batch, seed=seed, weight_decay=weight_decay, progress=False,
+                    on_epoch_end=hooks)
     return history, len(features)
 
 
@@ -148,13 +184,18 @@ def finetune(method: str, pretrained: SmallResNet | None, data: tuple[torch.Tens
              num_classes: int, steps: int, lr: float, batch_size: int, seed: int,
              width: int = 16, weight_decay: float = 1e-4, bf16: bool = False,
              val_data: Data | None = None, device: torch.device | str = "cpu",
-             forward_flops: float = 0.0, loss_fn: Callable[..., Any] | None = None) -> FineTuned:
+             forward_flops: float = 0.0, loss_fn: Callable[..., Any] | None = None,
+             curve_data: Data | None = None) -> FineTuned:
     """Adapt ``pretrained`` (unchanged: it is copied) to ``data`` with one of the ``methods`` knob's choices.
 
-    Every method gets the same budget of about ``steps`` optimisation steps, so their costs and
-    accuracies compare fairly. ``forward_flops`` (FLOPs of one image through the whole network) is
-    used for the cost estimate. ``loss_fn`` replaces cross-entropy when the network trains (see
+    The run makes about ``steps`` optimisation steps of the method (a caller gives ``scratch`` its
+    own, longer schedule: see :func:`helpers.vision.finetune_grid`). ``lp_ft`` makes them *after*
+    a head fit on frozen features (another ``steps`` steps of the head alone, whose FLOPs are
+    counted). ``forward_flops`` (FLOPs of one image through the whole network) is used for the cost
+    estimate. ``loss_fn`` replaces cross-entropy when the network trains (see
     :func:`helpers.train.train`; class weights, focal loss); a linear probe's head fit keeps it.
+    ``curve_data``: also record the accuracy on it at a few checkpoints along training
+    (:func:`helpers.compute.checkpoint_epochs`), with the compute spent so far (``FineTuned.curve``).
     """
     check_knob("methods", [method])
     if method != "scratch" and pretrained is None:
@@ -171,35 +212,50 @@ def finetune(method: str, pretrained: SmallResNet | None, data: tuple[torch.Tens
                   val_data=val_data, progress=False, loss_fn=loss_fn)
     head_flops = 3 * 2 * model.head.in_features * num_classes
     images_seen = 0
+    n_data = len(data[0])
 
+    def checkpoints(flops_per_image: float, flops_before: float = 0.0) -> list[_Checkpoints]:
+        if curve_data is None:
+            return []
+        watch = _Checkpoints(model, curve_data, epochs, math.ceil(n_data / batch), n_data, flops_per_image,
+                             flops_before, time.perf_counter() - start, bf16)
+        watchers.append(watch)
+        return [watch]
+
+    watchers: list[_Checkpoints] = []
     if method == "linear_probe":
         history, n = _train_head(model, data, steps=steps, lr=lr * 3, batch_size=batch_size, seed=seed,
-                                 weight_decay=weight_decay)
+                                 weight_decay=weight_decay, on_epoch_end=checkpoints(head_flops, n_data * forward_flops))
         set_trainable(model, True)
         return FineTuned(model, history, method, time.perf_counter() - start, n * epochs,
                          count_parameters(model.head), count_parameters(model),
-                         n * forward_flops + head_flops * n * epochs)
+                         n * forward_flops + head_flops * n * epochs, watchers[0].points if watchers else None)
     if method == "lp_ft":
         _, n = _train_head(model, data, steps=steps, lr=lr * 3, batch_size=batch_size, seed=seed,
                            weight_decay=weight_decay)
         set_trainable(model, True)
         images_seen += n  # the features pass
-        history = train(model, data, epochs=epochs, lr=lr / 2, **common)
+        hooks = checkpoints(3 * forward_flops, n * forward_flops + head_flops * n * epochs)
+        history = train(model, data, epochs=epochs, lr=lr / 2, on_epoch_end=hooks, **common)
     elif method == "discriminative_lr":
-        history = train(model, data, epochs=epochs, lr=lr,
+        history = train(model, data, epochs=epochs, lr=lr, on_epoch_end=checkpoints(3 * forward_flops),
                         param_groups=discriminative_param_groups(model, lr, weight_decay), **common)
     elif method == "gradual_unfreezing":
         hook = GradualUnfreezing(model, epochs)
-        history = train(model, data, epochs=epochs, lr=lr, on_epoch_end=[hook],
+        history = train(model, data, epochs=epochs, lr=lr, on_epoch_end=[hook, *checkpoints(3 * forward_flops)],
                         param_groups=default_param_groups(model, lr, weight_decay, include_frozen=True), **common)
     else:
         factor = HIGH_LR_FACTOR if method == "full_ft_high_lr" else 1.0
-        history = train(model, data, epochs=epochs, lr=lr * factor, **common)
+        history = train(model, data, epochs=epochs, lr=lr * factor, on_epoch_end=checkpoints(3 * forward_flops),
+                        **common)
     seen = history.examples_seen
     set_trainable(model, True)
+    flops = 3 * forward_flops * seen + images_seen * forward_flops
+    if method == "lp_ft":
+        flops += head_flops * images_seen * epochs  # the head fit before it
     return FineTuned(model, history, method, time.perf_counter() - start, images_seen + seen,
                      count_parameters(model, trainable_only=True), count_parameters(model),
-                     3 * forward_flops * seen + images_seen * forward_flops)
+                     flops, watchers[0].points if watchers else None)
 
 
 # --- reading a grid of fine-tuning runs (helpers.vision.finetune_grid's rows) ----------------------
@@ -249,3 +305,13 @@ def first_epoch_reaching(curve: pd.Series, target: float) -> int | None:
     does fine-tuning need to get where scratch ends"."""
     reached = curve[curve >= target]
     return int(reached.index.min()) if len(reached) else None
+
+
+def per_seed(runs: pd.DataFrame, method: str, budget: int, column: str = "test_acc") -> list[float]:
+    """``column`` of ``method``'s runs at ``budget``, one value per seed in seed order: one side of a
+    paired claim (:func:`helpers.claims.claim.greater` pairs seed *i* of one side with seed *i* of
+    the other, so both sides must come from the same seeds)."""
+    part = runs[(runs.method == method) & (runs.budget == budget)].sort_values("seed")
+    if part.empty:
+        raise ValueError(f"per_seed: no {method!r} run at budget {budget} in these runs")
+    return [float(v) for v in part[column]]

@@ -12,7 +12,9 @@ Notebooks 01, 03 and 05-08 all need the same few things, so they live here:
   first notebook that asks trains it, every later one loads the verified checkpoint;
 * :func:`linear_probe` -- how good are a network's features? Fit a logistic regression on them;
 * :func:`forward_flops` -- the FLOPs of one image through a network, counted by PyTorch.
-* :func:`finetune_grid` -- many fine-tuning runs (method x label budget x seed), one row each;
+* :func:`finetune_grid` -- many fine-tuning runs (method x label budget x seed), one row each,
+  scratch on its own (longer) schedule, each seed from its own pretraining run if given one per seed
+  (:func:`pretrained_for`), optionally recording learning curves for :mod:`helpers.compute`;
   :func:`validation_curves` -- validation accuracy per epoch, to compare convergence;
   :func:`in_vs_shifted_figure` -- accuracy in and out of distribution, per method.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -225,14 +227,37 @@ def pretraining_glyphs(params: Mapping[str, Any]) -> tuple[tuple[torch.Tensor, t
     return (images[seen], labels[seen]), (images[held_out], labels[held_out])
 
 
-def finetune_grid(task: TargetTask, pretrained: SmallResNet | None, runs: list[tuple[str, int]],
+def pretrained_for(pretrained: Any, index: int) -> SmallResNet | None:
+    """The pretrained network fine-tuning seed number ``index`` (0-based) starts from.
+
+    ``pretrained`` is one network (every seed starts from it, as before), ``None`` (scratch only), a
+    sequence (seed ``i`` takes item ``i mod len``) or a callable ``index -> network``, e.g.
+    ``lambda i: pretrained_cnn(config.pretrain_params(P, i))[0]``: then the error bars cover
+    pretraining's variance as well as fine-tuning's.
+    """
+    if pretrained is None or isinstance(pretrained, nn.Module):
+        return pretrained
+    if callable(pretrained):
+        return pretrained(index)
+    return pretrained[index % len(pretrained)]
+
+
+def finetune_grid(task: TargetTask, pretrained: Any, runs: list[tuple[str, int]],
                   seeds: list[int], *, steps: int, lr: float, batch_size: int, width: int,
                   bf16: bool, device: torch.device | str = "cpu", forward_flops: float = 0.0,
-                  weight_decay: float = 1e-4, progress: bool = True, knob: str = "budgets"):
+                  weight_decay: float = 1e-4, progress: bool = True, knob: str = "budgets",
+                  scratch_steps: int | None = None, curve_budget: int | None = None,
+                  pretraining_flops: Callable[[int], float] | None = None):
     """Fine-tune every ``(method, label budget)`` in ``runs`` once per seed; one row per run.
 
-    Each row: method, budget, seed, test_acc, shifted_acc, seconds, images_seen, labels_used,
-    flops, trainable_params. Seeds change the labelled examples drawn *and* the head's init.
+    Each row: method, budget, seed, pretrain_index, test_acc, shifted_acc, seconds, images_seen,
+    labels_used, flops, trainable_params, steps. Seeds change the labelled examples drawn *and* the
+    head's init; with ``pretrained`` given per seed (:func:`pretrained_for`: a sequence or a callable
+    of the seed's index) they change the pretraining run too. ``scratch_steps``: the schedule of
+    ``scratch`` (default ``steps``), long enough for it to converge, so that it is a fair baseline
+    (He et al. 2019). ``curve_budget``: runs at that budget also record their validation accuracy
+    at checkpoints (column ``curve``, read by :func:`helpers.compute.curve_frame`), and
+    ``pretraining_flops(index)`` (if given) fills a ``pretraining_flops`` column (0 for scratch).
     Before any training, every budget must fit the pool; the error names ``knob``, the parameter the
     budgets came from.
     """
@@ -245,18 +270,27 @@ def finetune_grid(task: TargetTask, pretrained: SmallResNet | None, runs: list[t
     if runs:
         config.check_budgets(knob, [budget for _, budget in runs], task.max_budget, f"{task.name} pool")
     rows = []
-    jobs = [(method, budget, seed) for seed in seeds for method, budget in dict.fromkeys(runs)]
-    for method, budget, seed in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
+    jobs = [(method, budget, index, seed) for index, seed in enumerate(seeds) for method, budget in dict.fromkeys(runs)]
+    for method, budget, index, seed in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
         labelled = task.budget(budget, seed)
-        tuned = finetune(method, pretrained, labelled, num_classes=task.num_classes, steps=steps, lr=lr,
+        run_steps = scratch_steps if method == "scratch" and scratch_steps else steps
+        start = None if method == "scratch" else pretrained_for(pretrained, index)
+        tuned = finetune(method, start, labelled, num_classes=task.num_classes, steps=run_steps, lr=lr,
                          batch_size=batch_size, seed=seed, width=width, weight_decay=weight_decay,
-                         bf16=bf16, device=device, forward_flops=forward_flops)
-        rows.append({"method": method, "budget": budget, "seed": seed,
-                     "test_acc": evaluate(tuned.model, task.test, bf16=bf16)["acc"],
-                     "shifted_acc": evaluate(tuned.model, task.shifted, bf16=bf16)["acc"],
-                     "seconds": tuned.seconds, "images_seen": tuned.images_seen,
-                     "labels_used": len(labelled[1]), "flops": tuned.flops,
-                     "trainable_params": tuned.trainable_params})
+                         bf16=bf16, device=device, forward_flops=forward_flops,
+                         curve_data=task.val if budget == curve_budget else None)
+        with torch.inference_mode():
+            scores = [evaluate(tuned.model, part, bf16=bf16, batch_size=1024)["acc"] for part in (task.test, task.shifted)]
+        row = {"method": method, "budget": budget, "seed": seed, "pretrain_index": index,
+               "test_acc": scores[0], "shifted_acc": scores[1],
+               "seconds": tuned.seconds, "images_seen": tuned.images_seen,
+               "labels_used": len(labelled[1]), "flops": tuned.flops,
+               "trainable_params": tuned.trainable_params, "steps": run_steps}
+        if pretraining_flops is not None:
+            row["pretraining_flops"] = 0.0 if method == "scratch" else float(pretraining_flops(index))
+        if curve_budget is not None:
+            row["curve"] = tuned.curve
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -220,3 +220,10 @@ def test_learning_rates_name_each_parameters_rate_however_grouped():
         finetuning.learning_rates(model, groups + groups[:1])
     with pytest.raises(ValueError, match="no 'lr'"):
         finetuning.learning_rates(model, [{"params": list(model.parameters())}])
+
+
+def test_pretrained_for_takes_one_network_a_sequence_or_a_callable():
+    first, second = SmallResNet(4, width=4), SmallResNet(4, width=4)
+    assert vision.pretrained_for(first, 5) is first and vision.pretrained_for(None, 2) is None
+    assert [vision.pretrained_for([first, second], i) for i in range(3)] == [first, second, first]
+    assert vision.pretrained_for(lambda i: [first, second][i], 1) is second
