@@ -66,6 +66,13 @@ def per_seed(grid, column: str, seeds: Sequence[int], **where: Any) -> list[floa
     return values
 
 
+def fit_budgets(budgets: Sequence[int], available: int) -> list[int]:
+    """Label budgets a pool can supply: each capped at ``available`` (the pool's labels per class),
+    sorted, without repeats. The rule that lets one setting run on every target dataset: on a pool of
+    104 per class, budgets ``[10, 30, 100, 300]`` become ``[10, 30, 100, 104]`` (the notebook prints it)."""
+    return sorted({min(int(b), int(available)) for b in budgets})
+
+
 def check_plan(params: Mapping[str, Any], task) -> tuple[list[int], list[float]]:
     """The label budgets and shift severities notebook 08 measures, sorted, with every budget checked
     against ``task``'s pool *before* any training (a bad knob fails in seconds, not after an hour).

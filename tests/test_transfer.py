@@ -105,6 +105,12 @@ def test_crossover_finds_the_first_budget_where_scratch_catches_up():
     assert transfer.crossover(table, tolerance=0.2) == 100
 
 
+def test_fit_budgets_caps_at_the_pool_so_one_setting_runs_everywhere():
+    assert transfer.fit_budgets([10, 30, 100, 300], 104) == [10, 30, 100, 104]
+    assert transfer.fit_budgets([300, 10, 10], 1000) == [10, 300]
+    assert transfer.fit_budgets([200, 300], 104) == [104]  # two budgets over the pool become one
+
+
 def test_check_plan_sorts_and_checks_every_budget_before_training():
     task = _toy_task()  # 12 examples per class
     plan = {"transfer_budgets": [5, 2, 5], "shift_budget": 4, "shift_extra": [3, 8],
