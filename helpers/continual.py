@@ -2,11 +2,15 @@
 
 The mitigations themselves are :mod:`helpers.forgetting`; this module runs and scores them:
 
+* **the pretrained models** -- fine-tuning seed *i* starts from CNN pretraining run *i* (mod
+  ``pretrain_seeds``, :func:`helpers.config.pretrain_params`) and is scored on *that* run's
+  held-out glyphs (:func:`pretrainings`), so the error bars cover pretraining's variance too;
 * **the plane** -- fine-tune the pretrained CNN on the target with each method and seed
   (:func:`plane_runs`), score the new task and the *old* task through the old head, average the
   seeds (:func:`plane_table`) and compare each method with plain fine-tuning at three learning
-  rates, the learning-rate frontier (:func:`lr_frontier`, :func:`frontier_margin`); re-fit a probe
-  to tell forgotten features from misaligned ones (:func:`old_head_vs_probe`);
+  rates, the learning-rate frontier (:func:`lr_frontier`, :func:`frontier_margin`, per seed
+  :func:`frontier_by_seed`); re-fit a probe to tell forgotten features from misaligned ones, with
+  a randomly initialised network as the control (:func:`old_head_vs_probe`, :func:`random_like`);
 * **a stream of tasks** -- learn disjoint groups of classes one after another with one shared head
   (:func:`class_split_tasks`, :func:`learn_sequence`), which gives the accuracy matrix ``R[i][j]``
   and its continual-learning metrics (:func:`stream_runs`, :func:`accuracy_matrices_figure`).
@@ -15,11 +19,13 @@ The mitigations themselves are :mod:`helpers.forgetting`; this module runs and s
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from .config import check_knob
 from .finetuning import epochs_for
@@ -31,6 +37,66 @@ if TYPE_CHECKING:
     from .vision import TargetTask
 
 Labelled = tuple[torch.Tensor, torch.Tensor]  # images and their labels
+
+
+@dataclass
+class Pretraining:
+    """One CNN pretraining run as notebook 05 reads it.
+
+    ``model`` was pretrained on generated glyphs with pretraining seed ``seed``; ``seen`` are the
+    glyphs it trained on (EWC's Fisher, replay's memory and multi-task training draw from them),
+    ``held_out`` the glyphs it never saw, on which it scored ``acc_before`` before any fine-tuning.
+    """
+
+    model: SmallResNet
+    seen: Labelled
+    held_out: Labelled
+    acc_before: float
+    seed: int
+    trained: bool = False
+
+
+def pretrainings(params: Mapping[str, Any], device: torch.device | str = "cpu",
+                 progress: bool = True) -> dict[int, Pretraining]:
+    """Fine-tuning seed -> the pretraining run it starts from, for every seed of ``params``.
+
+    Fine-tuning seed number ``i`` (of :func:`helpers.config.seed_list`) starts from the CNN
+    pretrained with :func:`helpers.config.pretrain_params` ``(params, i)`` (loaded from the store,
+    or trained now) and is scored on that run's own held-out glyphs. Seeds that share a pretraining
+    run share one object.
+    """
+    from .config import pretrain_params, seed_list
+    from .train import evaluate
+    from .vision import pretrained_cnn, pretraining_glyphs
+
+    runs: dict[int, Pretraining] = {}
+    by_seed = {}
+    for index, seed in enumerate(seed_list(params)):
+        pretrain = pretrain_params(params, index)
+        if pretrain["seed"] not in runs:
+            model, summary = pretrained_cnn(pretrain, "supervised", device=device, progress=progress)
+            seen, held_out = pretraining_glyphs(pretrain)
+            runs[pretrain["seed"]] = Pretraining(model, seen, held_out, evaluate(model, held_out, bf16=params["bf16"])["acc"],
+                                                 pretrain["seed"], bool(summary["trained"]))
+        by_seed[seed] = runs[pretrain["seed"]]
+    return by_seed
+
+
+def pretraining_table(sources: Mapping[int, Pretraining]) -> pd.DataFrame:
+    """One row per fine-tuning seed: its pretraining seed, whether that run was trained now, and its
+    held-out glyph accuracy before fine-tuning."""
+    return pd.DataFrame([{"seed": seed, "pretraining seed": src.seed, "trained now": src.trained,
+                          "held-out glyphs": len(src.held_out[1]), "source_acc_before": src.acc_before}
+                         for seed, src in sources.items()]).set_index("seed")
+
+
+def _model(pretrained: SmallResNet | Mapping[int, Any], seed: int) -> SmallResNet:
+    """The pretrained model fine-tuning seed ``seed`` starts from: ``pretrained`` itself, or its entry
+    for ``seed`` (a model or a :class:`Pretraining`)."""
+    if isinstance(pretrained, Mapping):
+        chosen = pretrained[seed]
+        return chosen.model if isinstance(chosen, Pretraining) else chosen
+    return pretrained
 
 
 def frontier_margin(target: float, source: float, baselines: list[tuple[float, float]]) -> float:
@@ -110,16 +176,17 @@ def run_options(params: Mapping[str, Any], num_classes: int, device: torch.devic
                 multitask_ratio=params["multitask_ratio"])
 
 
-def plane_runs(methods: Sequence[str], pretrained: SmallResNet, task: TargetTask, *, seeds: Sequence[int],
-               budget: int, source: Labelled, source_test: Labelled, steps: int,
-               keep: Sequence[str] = ("naive", "naive_high_lr"), progress: bool = True,
-               **options: Any) -> tuple[pd.DataFrame, dict[tuple[str, int], SmallResNet]]:
+def plane_runs(methods: Sequence[str], sources: Mapping[int, Pretraining], task: TargetTask, *,
+               seeds: Sequence[int], budget: int, steps: int, keep: Sequence[str] = ("naive", "naive_high_lr"),
+               progress: bool = True, **options: Any) -> tuple[pd.DataFrame, dict[tuple[str, int], SmallResNet]]:
     """Every method x seed of the learning-vs-forgetting plane: one fine-tuning run each.
 
-    Each run fine-tunes a copy of ``pretrained`` on ``budget`` labelled examples per class of
-    ``task`` (:func:`finetune_remembering`, same ``steps`` for all) and scores it twice: on the new
-    task (``target_acc``: its test set, the new head) and on the old one (``source_acc``: the
-    held-out ``source_test`` through the fine-tuned backbone and the *old* head). ``options`` go to
+    Seed ``s`` fine-tunes a copy of ``sources[s].model`` (its own pretraining run,
+    :func:`pretrainings`) on ``budget`` labelled examples per class of ``task``
+    (:func:`finetune_remembering`, same ``steps`` for all) and scores it twice: on the new task
+    (``target_acc``: its test set, the new head) and on the old one (``source_acc``: that
+    pretraining's held-out glyphs through the fine-tuned backbone and the *old* head);
+    ``forgotten`` is the share of that run's ``source_before`` lost. ``options`` go to
     :func:`finetune_remembering` (see :func:`run_options`). Returns one row per run (with its
     ``seconds``) and the fine-tuned models of the methods in ``keep``, by ``(method, seed)``.
     """
@@ -133,38 +200,66 @@ def plane_runs(methods: Sequence[str], pretrained: SmallResNet, task: TargetTask
     rows, kept = [], {}
     jobs = [(seed, method) for seed in seeds for method in methods]
     for seed, method in tqdm(jobs, desc="fine-tuning runs", disable=not progress):
+        src = sources[seed]
         start = time.perf_counter()
-        model, old_head, _ = finetune_remembering(method, pretrained, task.budget(budget, seed), source=source,
+        model, old_head, _ = finetune_remembering(method, src.model, task.budget(budget, seed), source=src.seen,
                                                   steps=steps, seed=seed, **options)
-        rows.append({"method": method, "seed": seed, "seconds": time.perf_counter() - start,
-                     "target_acc": evaluate(model, task.test, bf16=bf16)["acc"],
-                     "source_acc": evaluate(with_head(model, old_head), source_test, bf16=bf16)["acc"]})
+        source_acc = evaluate(with_head(model, old_head), src.held_out, bf16=bf16)["acc"]
+        rows.append({"method": method, "seed": seed, "pretraining_seed": src.seed,
+                     "seconds": time.perf_counter() - start,
+                     "target_acc": evaluate(model, task.test, bf16=bf16)["acc"], "source_acc": source_acc,
+                     "source_before": src.acc_before, "forgotten": 1 - source_acc / src.acc_before})
         if method in keep:
             kept[(method, seed)] = model
     return pd.DataFrame(rows), kept
 
 
-def plane_table(runs: pd.DataFrame, source_before: float) -> pd.DataFrame:
+def plane_table(runs: pd.DataFrame, source_before: float | None = None) -> pd.DataFrame:
     """The learning-vs-forgetting plane: one row per method, mean and std over seeds.
 
     Next to ``target_acc``, ``source_acc`` and ``seconds`` (:func:`helpers.metrics.mean_std`):
 
-    * ``forgotten`` -- the share of the source accuracy lost, ``1 - source_acc / source_before``;
+    * ``forgotten`` -- the share of the source accuracy lost, ``1 - source_acc / source_before``,
+      averaged over runs (each against its own pretraining's accuracy when ``runs`` has a
+      ``forgotten`` column, as :func:`plane_runs` makes; else against ``source_before``);
     * ``target_cost`` -- the target accuracy given up against ``naive`` (if it ran);
     * ``above_lr_frontier`` -- for every method but the :data:`NAIVE_LRS`, how far it sits above
-      their frontier (:func:`frontier_margin`): retention no learning rate alone buys (if any ran).
+      their frontier (:func:`frontier_margin`), the mean over seeds of :func:`frontier_by_seed`:
+      retention no learning rate alone buys (if any ran).
     """
     from .metrics import mean_std
 
     plane = mean_std(runs, ["method"], ["target_acc", "source_acc", "seconds"])
-    plane["forgotten"] = 1 - plane["source_acc_mean"] / source_before
+    if "forgotten" in runs.columns:
+        plane["forgotten"] = runs.groupby("method")["forgotten"].mean()
+    elif source_before is not None:
+        plane["forgotten"] = 1 - plane["source_acc_mean"] / source_before
     if "naive" in plane.index:
         plane["target_cost"] = plane.loc["naive", "target_acc_mean"] - plane["target_acc_mean"]
-    baselines = _lr_points(plane)
-    if baselines:
-        plane["above_lr_frontier"] = [frontier_margin(t, s, baselines) if m not in NAIVE_LRS else np.nan
-                                      for m, t, s in zip(plane.index, plane.target_acc_mean, plane.source_acc_mean)]
+    if any(m in plane.index for m in NAIVE_LRS):
+        margins = frontier_by_seed(runs).groupby("method")["margin"].mean()
+        plane["above_lr_frontier"] = [margins.get(m, np.nan) if m not in NAIVE_LRS else np.nan for m in plane.index]
     return plane
+
+
+def frontier_by_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each method's distance above the learning-rate frontier, seed by seed (paired claims read this).
+
+    For every seed and every method of ``runs`` (:func:`plane_runs`) but the :data:`NAIVE_LRS`:
+    ``frontier``, the best source accuracy plain fine-tuning reached *in that seed* at any learning
+    rate tried while reaching at least the method's target accuracy (:func:`frontier_margin`), and
+    ``margin``, the method's source accuracy minus it. Seeds without a naive run are left out.
+    """
+    rows = []
+    for seed, group in runs.groupby("seed", sort=True):
+        baselines = [(t, s) for m, t, s in zip(group.method, group.target_acc, group.source_acc) if m in NAIVE_LRS]
+        if not baselines:
+            continue
+        for method, target, source in zip(group.method, group.target_acc, group.source_acc):
+            if method not in NAIVE_LRS:
+                margin = frontier_margin(target, source, baselines)
+                rows.append({"method": method, "seed": seed, "frontier": source - margin, "margin": margin})
+    return pd.DataFrame(rows, columns=["method", "seed", "frontier", "margin"])
 
 
 def lr_baselines(plane: pd.DataFrame) -> list[str]:
@@ -215,40 +310,69 @@ def per_class(data: Labelled, count: int, seed: int) -> Labelled:
     return data[0][index], data[1][index]
 
 
-def old_head_vs_probe(pretrained: SmallResNet, models: Mapping[tuple[str, int], SmallResNet], source: Labelled,
-                      source_test: Labelled, *, seed: int, train_per_class: int = 10,
-                      test_per_class: int = 25) -> pd.DataFrame:
+def random_like(model: nn.Module, seed: int) -> nn.Module:
+    """The same architecture, freshly initialised: every weight random, BatchNorm statistics reset.
+
+    The control of the probe experiment: what a linear probe reads from features that never
+    learnt anything (random convolutional features are far from useless).
+    """
+    fresh = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return fresh.eval()
+
+
+#: The control row of :func:`old_head_vs_probe`: a randomly initialised network.
+RANDOM_CONTROL = "random init (control)"
+
+
+def old_head_vs_probe(sources: Mapping[int, Pretraining], models: Mapping[tuple[str, int], SmallResNet], *,
+                      train_per_class: int = 10, test_per_class: int = 25) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Forgotten, or only misaligned? The old head next to a linear probe re-fitted on the same features.
 
-    For ``pretrained`` and each fine-tuned model (``models`` by ``(method, seed)``, from
-    :func:`plane_runs`): the accuracy of the old glyph head (``pretrained.head``) on
-    ``test_per_class`` held-out glyphs per class, and of a logistic regression fitted on
-    ``train_per_class`` seen glyphs per class (:func:`helpers.vision.linear_probe`). If the probe
-    reads much more than the old head, the information is still there, only moved. One row per
-    model: mean and std over seeds.
+    For each fine-tuned model (``models`` by ``(method, seed)``, from :func:`plane_runs`), for the
+    model ``sources[seed]`` it started from (``pretrained``), and for the control, a randomly
+    initialised copy of that architecture (:data:`RANDOM_CONTROL`, :func:`random_like`): the
+    accuracy of the old glyph head (the pretrained model's head) on ``test_per_class`` held-out
+    glyphs per class of that pretraining, and of a logistic regression fitted on ``train_per_class``
+    seen glyphs per class (:func:`helpers.vision.linear_probe`). If the probe reads much more than
+    the old head, *and* much more than from random features, the information is still there, only
+    moved. Returns the runs (one row per model and seed) and their table (mean and std over seeds).
     """
     from .metrics import mean_std
     from .train import evaluate
     from .vision import linear_probe
 
-    probe_train, probe_test = per_class(source, train_per_class, seed), per_class(source_test, test_per_class, seed)
-    rows = [{"model": "pretrained", "seed": seed, "old head": evaluate(pretrained, probe_test)["acc"],
-             "re-fitted probe": linear_probe(pretrained, probe_train, probe_test)}]
-    for (method, run_seed), model in models.items():
-        rows.append({"model": f"after {method}", "seed": run_seed,
-                     "old head": evaluate(with_head(model, copy.deepcopy(pretrained.head)), probe_test)["acc"],
-                     "re-fitted probe": linear_probe(model, probe_train, probe_test)})
-    return mean_std(pd.DataFrame(rows), ["model"], ["old head", "re-fitted probe"])
+    from threadpoolctl import threadpool_limits
+
+    rows = []
+    for seed in sorted({s for _, s in models}):
+        src = sources[seed]
+        probe_train, probe_test = per_class(src.seen, train_per_class, seed), per_class(src.held_out, test_per_class, seed)
+        control = random_like(src.model, seed)
+        scored = [("pretrained", src.model), (RANDOM_CONTROL, control),
+                  *((f"after {m}", model) for (m, s), model in models.items() if s == seed)]
+        for name, model in scored:
+            with threadpool_limits(1):  # small logistic regressions: BLAS threads only add overhead on busy cores
+                probe = linear_probe(model, probe_train, probe_test)
+            rows.append({"model": name, "seed": seed, "re-fitted probe": probe,
+                         "old head": evaluate(with_head(model, copy.deepcopy(src.model.head)), probe_test)["acc"]})
+    runs = pd.DataFrame(rows)
+    return runs, mean_std(runs, ["model"], ["old head", "re-fitted probe"])
 
 
-def stream_runs(methods: Sequence[str], pretrained: SmallResNet, task: TargetTask, *, seeds: Sequence[int],
+def stream_runs(methods: Sequence[str], pretrained: SmallResNet | Mapping[int, Any], task: TargetTask, *,
+                seeds: Sequence[int],
                 budget: int, groups: list[list[int]], steps: int, progress: bool = True,
                 **options: Any) -> tuple[dict[str, list[np.ndarray]], pd.DataFrame]:
     """Every method x seed on the stream of tasks ``groups`` (digit classes of each task, in order).
 
     For each seed, ``budget`` examples per class of ``task`` are cut into tasks by class
     (:func:`class_split_tasks`) and learnt one after another (:func:`learn_sequence`, ``steps`` per
-    task); its test set is cut the same way. Returns each method's accuracy matrices (one per
+    task) from ``pretrained`` (one model, or one per seed: a mapping to models or
+    :class:`Pretraining` runs); its test set is cut the same way. Returns each method's accuracy matrices (one per
     seed) and a table, one row per method, of the continual-learning metrics (mean and std over
     seeds): ``avg_acc``, ``bwt``, ``forgetting`` (:mod:`helpers.metrics`) and ``last_task_acc``,
     ``R[-1, -1]``: how well the last task was learnt.
@@ -261,7 +385,7 @@ def stream_runs(methods: Sequence[str], pretrained: SmallResNet, task: TargetTas
     matrices, rows = {}, []
     for seed, method in tqdm([(s, m) for s in seeds for m in methods], desc="task streams", disable=not progress):
         stream = class_split_tasks(task.budget(budget, seed), groups)
-        R = learn_sequence(method, pretrained, stream, tests, steps=steps, seed=seed, **options)
+        R = learn_sequence(method, _model(pretrained, seed), stream, tests, steps=steps, seed=seed, **options)
         matrices.setdefault(method, []).append(R)
         rows.append({"method": method, "seed": seed, "avg_acc": metrics.average_accuracy(R),
                      "bwt": metrics.backward_transfer(R), "forgetting": metrics.average_forgetting(R),

@@ -305,3 +305,19 @@ def logistic_fit_score(features: torch.Tensor | np.ndarray, labels: torch.Tensor
             return float(np.mean(probe.predict(scaler.transform(x[val])) == y[val]))
 
     return fit_score
+
+
+def per_seed(runs: Any, column: str, **match: Any) -> np.ndarray:
+    """One number per seed, in seed order: the side of a paired claim (:mod:`helpers.claims`).
+
+    ``runs`` is a table with one row per run and a ``seed`` column; ``match`` picks the rows (e.g.
+    ``per_seed(runs, "gap", set="small")``), and exactly one row per seed must remain, so two
+    sides read with the same seeds pair seed by seed. Fails, naming what it looked for, otherwise.
+    """
+    chosen = runs
+    for name, value in match.items():
+        chosen = chosen[chosen[name] == value]
+    if len(chosen) == 0 or chosen["seed"].duplicated().any():
+        raise ValueError(f"per_seed: expected one row per seed with {match}, found {len(chosen)} rows "
+                         f"for seeds {sorted(chosen['seed'].tolist())}")
+    return chosen.sort_values("seed")[column].to_numpy(dtype=float)

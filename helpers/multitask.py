@@ -85,20 +85,20 @@ def joint_reference(pretrained: SmallResNet, tasks: Sequence[Labelled], tests: S
     return np.array([evaluate(model, test, bf16=bf16)["acc"] for test in tests])
 
 
-def joint_stream_runs(pretrained: SmallResNet, task: TargetTask, *, seeds: Sequence[int], budget: int,
-                      groups: list[list[int]], steps: int, **options: Any) -> pd.DataFrame:
+def joint_stream_runs(pretrained: SmallResNet | Mapping[int, Any], task: TargetTask, *, seeds: Sequence[int],
+                      budget: int, groups: list[list[int]], steps: int, **options: Any) -> pd.DataFrame:
     """The stream's reference, one row per seed: :func:`joint_reference` on the stream's tasks.
 
     The tasks are cut exactly as :func:`helpers.continual.stream_runs` cuts them (same budget,
-    seed and ``groups``); columns ``acc_task_j`` (one per task) and ``avg_acc``, their mean -- the
+    seed, ``groups`` and pretrained model: one, or one per seed); columns ``acc_task_j`` (one per task) and ``avg_acc``, their mean -- the
     same average the stream's ``avg_acc`` takes over the last row of ``R``.
     """
-    from .continual import class_split_tasks
+    from .continual import _model, class_split_tasks
 
     tests = class_split_tasks(task.test, groups)
     rows = []
     for seed in seeds:
-        accs = joint_reference(pretrained, class_split_tasks(task.budget(budget, seed), groups), tests,
+        accs = joint_reference(_model(pretrained, seed), class_split_tasks(task.budget(budget, seed), groups), tests,
                                steps=steps, seed=seed, **options)
         rows.append({"seed": seed, **{f"acc_task_{j}": a for j, a in enumerate(accs)}, "avg_acc": float(accs.mean())})
     return pd.DataFrame(rows)
@@ -159,10 +159,13 @@ def cost_table(plane: pd.DataFrame, source: Labelled, replay_fraction: float, se
     return table
 
 
-def keeps_and_learns(plane: pd.DataFrame, source_before: float) -> Mapping[str, float]:
-    """The two numbers the multi-task claim reads from the plane: the share of ``source_before``
-    that ``multitask`` keeps, and its target accuracy minus naive fine-tuning's (negative: it
+def keeps_and_learns(plane: pd.DataFrame, source_before: float | None = None) -> Mapping[str, float]:
+    """The two numbers the multi-task paragraph reads from the plane: the share of the source accuracy
+    that ``multitask`` keeps (``1 - forgotten``, each run against its own pretraining, or against
+    ``source_before`` when given), and its target accuracy minus naive fine-tuning's (negative: it
     learns less)."""
-    return {"kept": float(plane.loc["multitask", "source_acc_mean"] / source_before),
+    kept = (plane.loc["multitask", "source_acc_mean"] / source_before if source_before is not None
+            else 1 - plane.loc["multitask", "forgotten"])
+    return {"kept": float(kept),
             "target_vs_naive": float(plane.loc["multitask", "target_acc_mean"]
                                      - plane.loc["naive", "target_acc_mean"])}

@@ -7,13 +7,16 @@ scored after every epoch, the test set scored once at the end (no decision ever 
 start from. Each experiment below changes one thing and returns its runs, or their table
 (:func:`helpers.metrics.mean_std` over seeds):
 
-* :func:`same_steps_runs`: the same network and number of optimisation steps on sets of different
-  sizes -- the train/validation curves diverge on the small one;
+* :func:`same_steps_runs`: the same network on sets of different sizes, each for a number of
+  optimisation steps you choose -- the same steps (every set gets as many updates, a larger set
+  fewer epochs) or the same epochs (every example seen as often, a larger set more updates); the
+  train/validation curves diverge on the small one;
 * :func:`capacity_table`: networks of growing width on the same small set;
 * :func:`memorisation_table`: true, noisy and shuffled labels (Zhang et al. 2017);
 * :func:`cure_recipes`, :func:`cure_runs`, :func:`cure_table`: one cure at a time, each compared
   with the plain recipe on the same split and seeds;
-* :func:`split_estimates`: k-fold cross-validation versus single validation splits.
+* :func:`split_estimates`, :func:`spread_by_seed`: k-fold cross-validation versus single validation
+  splits.
 
 The figures of these experiments live next to them (``*_figure``); figures several notebooks draw
 live in :mod:`helpers.plots`.
@@ -51,6 +54,8 @@ class Experiment:
     ``small`` is the labelled training set (the same split for every seed), ``val`` is scored after
     every epoch (curves, early stopping), ``test`` once at the end. ``plain`` holds the
     :func:`helpers.train.train` options of the plain recipe; a run changes some of them.
+    ``pretrained`` is one pretrained network, or one per seed (seed -> network: each seed then
+    starts from its own pretraining run, so the error bars cover pretraining's variance too).
     """
 
     small: Split
@@ -59,11 +64,23 @@ class Experiment:
     num_classes: int
     plain: dict[str, Any]
     width: int = 16
-    pretrained: SmallResNet | None = None
+    pretrained: SmallResNet | Mapping[int, SmallResNet] | None = None
 
-    def plain_steps(self) -> int:
-        """Optimisation steps of the plain recipe on the small set (epochs x batches per epoch)."""
-        return self.plain["epochs"] * -(-len(self.small[1]) // self.plain["batch_size"])
+    def plain_steps(self, labelled: Split | None = None) -> int:
+        """Optimisation steps of the plain recipe's epochs on ``labelled`` (default: the small set):
+        epochs x batches per epoch."""
+        size = len((self.small if labelled is None else labelled)[1])
+        return self.plain["epochs"] * -(-size // min(self.plain["batch_size"], size))
+
+    def pretrained_for(self, seed: int) -> SmallResNet:
+        """The pretrained network seed ``seed`` starts from (its own, when there is one per seed)."""
+        if self.pretrained is None:
+            raise ValueError("network: init='pretrained' needs the Experiment's pretrained network")
+        if isinstance(self.pretrained, Mapping):
+            if seed not in self.pretrained:
+                raise ValueError(f"network: no pretrained network for seed {seed} (have {sorted(self.pretrained)})")
+            return self.pretrained[seed]
+        return self.pretrained
 
     def network(self, seed: int, init: str = "scratch", width: int | None = None, dropout: float = 0.0,
                 freeze: bool = False) -> nn.Module:
@@ -71,12 +88,11 @@ class Experiment:
         with ``dropout`` before the head either way."""
         if init not in ("scratch", "pretrained"):
             raise ValueError(f"network: init={init!r} is not allowed: expected 'scratch' or 'pretrained'")
-        if init == "pretrained" and self.pretrained is None:
-            raise ValueError("network: init='pretrained' needs the Experiment's pretrained network")
+        source = self.pretrained_for(seed) if init == "pretrained" else None
         torch.manual_seed(seed)
         if init == "scratch":
             return SmallResNet(self.num_classes, width=self.width if width is None else width, dropout=dropout)
-        model = new_head(copy.deepcopy(self.pretrained), self.num_classes, seed=seed)
+        model = new_head(copy.deepcopy(source), self.num_classes, seed=seed)
         set_trainable(model.backbone, not freeze)
         for layer in model.modules():   # the pretrained network's dropout layer before the head
             if isinstance(layer, nn.Dropout):
@@ -98,21 +114,24 @@ def dash_validation(ax: plt.Axes) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 1 · see it: the same steps on a small and a larger set
+# 1 · see it: a small and a larger set, the same steps or the same epochs
 # --------------------------------------------------------------------------------------------
 
 def same_steps_runs(experiment: Experiment, sets: Mapping[str, Split], seeds: Sequence[int],
-                    steps: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    steps: int | Mapping[str, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train a fresh network on each labelled set for about ``steps`` optimisation steps, per seed.
 
-    A small set is then seen many times (and can be learnt by heart), a larger one only a few times.
-    Returns the runs (one row per set and seed: the measured gaps, and the ``history``) and the
+    ``steps`` is one number for every set (the same steps: a small set is then seen many times and
+    can be learnt by heart, a larger one only a few times, so data size and epochs change together)
+    or one per set name (e.g. :meth:`Experiment.plain_steps` of each set: the same *epochs*, every
+    example seen as often, so only the data size differs). Returns the runs (one row per set and seed: the measured gaps, and the ``history``) and the
     curves (mean and std over seeds of accuracy and loss per curve ``"<set> · train|val"`` and step).
     """
     runs, curve_rows = [], []
     for seed in seeds:
         for name, labelled in sets.items():
-            epochs, batch = epochs_for(len(labelled[1]), experiment.plain["batch_size"], steps)
+            wanted = steps[name] if isinstance(steps, Mapping) else steps
+            epochs, batch = epochs_for(len(labelled[1]), experiment.plain["batch_size"], wanted)
             history, measured = experiment.fit(experiment.network(seed), seed, labelled, epochs=epochs,
                                                batch_size=batch)
             runs.append({"set": name, "seed": seed, **measured, "history": history})
@@ -143,8 +162,20 @@ def capacity_table(experiment: Experiment, widths: Sequence[int], seeds: Sequenc
     """Networks of each width trained from scratch on the small set (no validation), per seed.
 
     ``measured`` holds the runs already made at the experiment's own width (reused, not retrained).
-    One row per width, narrowest first: parameters, train and test accuracy, both gaps.
+    One row per width, narrowest first: parameters, train and test accuracy, both gaps (mean and
+    std over seeds of :func:`capacity_runs`).
     """
+    return capacity_summary(capacity_runs(experiment, widths, seeds, measured))
+
+
+def capacity_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`capacity_runs` averaged over seeds: one row per width, narrowest first."""
+    return mean_std(runs, ["width"], ["params", *MEASURED])
+
+
+def capacity_runs(experiment: Experiment, widths: Sequence[int], seeds: Sequence[int],
+                  measured: pd.DataFrame) -> pd.DataFrame:
+    """The runs of :func:`capacity_table`, one row per width and seed (the sides of a paired claim)."""
     widths = sorted(widths)
     rows = [{"width": experiment.width, "params": count_parameters(experiment.network(0)), **run}
             for run in measured.to_dict("records")]
@@ -154,7 +185,7 @@ def capacity_table(experiment: Experiment, widths: Sequence[int], seeds: Sequenc
             _, gaps = experiment.fit(model, seed, validate=False)
             rows.append({"width": width, "params": count_parameters(model), "seed": seed, **gaps})
     frame = pd.DataFrame(rows)
-    return mean_std(frame[frame.width.isin(widths)].sort_values("width"), ["width"], ["params", *MEASURED])
+    return frame[frame.width.isin(widths)].sort_values(["width", "seed"]).reset_index(drop=True)
 
 
 def capacity_figure(capacity: pd.DataFrame, title: str) -> plt.Figure:
@@ -176,14 +207,25 @@ def capacity_figure(capacity: pd.DataFrame, title: str) -> plt.Figure:
 # 3 · memorisation
 # --------------------------------------------------------------------------------------------
 
+MEMORISATION = ["train_acc (own labels)", "val_acc", "test_acc", "wrong labels memorised"]
+
+
 def memorisation_table(experiment: Experiment, seeds: Sequence[int], label_noise: float,
                        true_runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The small set's images with true, ``label_noise`` noisy, and shuffled labels, per seed.
 
     ``true_runs`` are the runs already made on the true labels (with their ``history``), one per
     seed. Returns the table (accuracy on the labels trained on, validation and test accuracy, the
-    share of wrong labels learnt by heart) and the accuracy curves (``"<labels> · train|val"``).
+    share of wrong labels learnt by heart; :func:`memorisation_runs` averaged over seeds) and the
+    accuracy curves (``"<labels> · train|val"``).
     """
+    runs, curves = memorisation_runs(experiment, seeds, label_noise, true_runs)
+    return mean_std(runs, ["labels"], MEMORISATION), curves
+
+
+def memorisation_runs(experiment: Experiment, seeds: Sequence[int], label_noise: float,
+                      true_runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs of :func:`memorisation_table`, one row per kind of labels and seed, and the curves."""
     images, labels = experiment.small
     true = {run["seed"]: run for run in true_runs.to_dict("records")}
     rows, curve_rows = [], []
@@ -205,9 +247,7 @@ def memorisation_table(experiment: Experiment, seeds: Sequence[int], label_noise
             rows.append(row)
             curve_rows += [{"curve": f"{kind} · {split}", "epoch": r["epoch"], "acc": r[f"{split}_acc"]}
                            for r in history.rows for split in ("train", "val")]
-    table = mean_std(pd.DataFrame(rows), ["labels"],
-                     ["train_acc (own labels)", "val_acc", "test_acc", "wrong labels memorised"])
-    return table, mean_std(pd.DataFrame(curve_rows), ["curve", "epoch"], ["acc"])
+    return pd.DataFrame(rows), mean_std(pd.DataFrame(curve_rows), ["curve", "epoch"], ["acc"])
 
 
 def memorisation_figure(curves: pd.DataFrame, chance: float) -> plt.Figure:
@@ -342,3 +382,22 @@ def split_estimates(features: torch.Tensor | np.ndarray, labels: torch.Tensor, k
     fit_score = logistic_fit_score(features, labels)
     single = np.array([random_split_scores(labels, fit_score, 1 / k, repeats=1, seed=r)[0] for r in range(shuffles)])
     return SplitEstimates(k, single, [kfold_scores(labels, fit_score, k=k, seed=r) for r in range(shuffles)])
+
+
+def spread_by_seed(features_of: Any, labelled: Mapping[int, Split], k: int, shuffles: int) -> pd.DataFrame:
+    """How much each kind of estimate moves, on one small set per seed: the paired sides of a claim.
+
+    For each seed's labelled set (``labelled``: seed -> images and labels), the probe's features
+    (``features_of(images)``) are validated ``shuffles`` times both ways (:func:`split_estimates`).
+    One row per seed: the std and range across shuffles of the single-split estimate and of the
+    k-fold mean, and the number of validation examples of one split (its resolution is one over it).
+    """
+    rows = []
+    for seed, (images, labels) in labelled.items():
+        estimates = split_estimates(features_of(images), labels, k, shuffles)
+        rows.append({"seed": seed, "single_std": float(estimates.single.std(ddof=1)),
+                     "kfold_std": float(estimates.kfold_means.std(ddof=1)),
+                     "single_range": float(np.ptp(estimates.single)),
+                     "kfold_range": float(np.ptp(estimates.kfold_means)),
+                     "validation_examples": int(round(len(labels) / k))})
+    return pd.DataFrame(rows)

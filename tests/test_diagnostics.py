@@ -139,3 +139,16 @@ def test_memorised_fraction_counts_the_wrong_labels_a_model_predicts():
     images = labels.float().view(-1, 1, 1, 1).clone()
     images[flipped.nonzero()[0]] = noisy[flipped.nonzero()[0]].float()   # learnt one wrong label by heart
     assert memorised_fraction(Echo(), images, noisy, flipped) == pytest.approx(1 / 4)
+
+
+def test_per_seed_reads_one_number_per_seed_in_seed_order():
+    import pandas as pd
+
+    runs = pd.DataFrame({"method": ["a", "b", "a", "b"], "seed": [1, 1, 0, 0], "acc": [0.1, 0.2, 0.3, 0.4]})
+    from helpers import diagnostics
+
+    assert diagnostics.per_seed(runs, "acc", method="a").tolist() == [0.3, 0.1]   # seed 0 first: pairs by seed
+    with pytest.raises(ValueError, match="one row per seed"):
+        diagnostics.per_seed(runs, "acc")   # two rows per seed: which one is the side?
+    with pytest.raises(ValueError, match="found 0 rows"):
+        diagnostics.per_seed(runs, "acc", method="c")

@@ -241,16 +241,46 @@ def test_pretraining_glyphs_hold_out_a_tenth_of_every_class():
     assert torch.equal(again[1][0], held_x)  # the same split every time: the one pretraining used
 
 
-def test_plane_runs_scores_both_tasks_and_keeps_the_naive_models():
-    pretrained, task = tiny(num_classes=5), toy_task()
-    source = toy_data(20, classes=5, seed=2)
-    runs, kept = continual.plane_runs(["naive", "l2sp"], pretrained, task, seeds=[0, 1], budget=4, source=source,
-                                       source_test=source, steps=2, progress=False, num_classes=4, lr=1e-2,
-                                       batch_size=8)
+def toy_sources(seeds=(0, 1), classes: int = 5) -> dict:
+    """One toy pretraining run per seed: a different model and different glyphs for each."""
+    sources = {}
+    for seed in seeds:
+        model, glyphs = tiny(num_classes=classes, seed=seed), toy_data(20, classes=classes, seed=10 + seed)
+        sources[seed] = continual.Pretraining(model, glyphs, glyphs, evaluate(model, glyphs)["acc"] + 0.5, seed=10 + seed)
+    return sources
+
+
+def test_pretrainings_gives_each_seed_its_own_pretraining_run(monkeypatch):
+    from helpers.config import resolve
+
+    built = []
+
+    def fake_pretrained_cnn(params, objective, device="cpu", progress=True):
+        built.append(params["seed"])
+        return tiny(num_classes=3, seed=params["seed"]), {"trained": params["seed"] == 5}
+
+    monkeypatch.setattr(vision, "pretrained_cnn", fake_pretrained_cnn)
+    monkeypatch.setattr(vision, "pretraining_glyphs", lambda params: (toy_data(12, classes=3, seed=params["seed"]),) * 2)
+    P = resolve("smoke", _record=False, seed=3, seeds=3, pretrain_seeds=2)
+    sources = continual.pretrainings(P)
+    assert list(sources) == [3, 4, 5] and built == [3, 4]   # seed 5 reuses pretraining run 3 (5 = 3 + 2 mod 2)
+    assert sources[5] is sources[3] and sources[4].seed == 4 and sources[3].model is not sources[4].model
+    table = continual.pretraining_table(sources)
+    assert table["pretraining seed"].tolist() == [3, 4, 3] and table["source_acc_before"].between(0, 1).all()
+
+
+def test_plane_runs_scores_both_tasks_on_each_seeds_own_pretraining():
+    task, sources = toy_task(), toy_sources()
+    runs, kept = continual.plane_runs(["naive", "l2sp"], sources, task, seeds=[0, 1], budget=4, steps=2,
+                                       progress=False, num_classes=4, lr=1e-2, batch_size=8)
     assert runs[["method", "seed"]].values.tolist() == [["naive", 0], ["l2sp", 0], ["naive", 1], ["l2sp", 1]]
     assert runs[["target_acc", "source_acc"]].stack().between(0, 1).all() and (runs["seconds"] > 0).all()
+    assert runs["pretraining_seed"].tolist() == [10, 10, 11, 11]
+    assert runs["forgotten"].tolist() == pytest.approx((1 - runs.source_acc / runs.source_before).tolist())
     assert sorted(kept) == [("naive", 0), ("naive", 1)]
     assert runs.loc[0, "target_acc"] == evaluate(kept[("naive", 0)], task.test)["acc"]
+    # seed 1 started from its own pretrained backbone, not seed 0's
+    assert not torch.equal(kept[("naive", 1)].backbone[0].weight, kept[("naive", 0)].backbone[0].weight)
 
 
 def test_plane_table_adds_forgetting_cost_and_the_lr_frontier():
@@ -263,8 +293,13 @@ def test_plane_table_adds_forgetting_cost_and_the_lr_frontier():
     assert plane.loc["naive", "target_acc_mean"] == pytest.approx(0.92) and plane.loc["naive", "seeds"] == 2
     assert plane.loc["ewc", "forgotten"] == pytest.approx(0.25)  # 1 - 0.6 / 0.8
     assert plane.loc["ewc", "target_cost"] == pytest.approx(0.02) and plane.loc["naive", "target_cost"] == 0
-    # at 0.90 target accuracy, naive (0.92) keeps 0.15 at best and naive_high_lr (0.95) 0.05: 0.6 - 0.15
-    assert plane.loc["ewc", "above_lr_frontier"] == pytest.approx(0.45)
+    # per seed: in seed 0, at 0.90 target accuracy naive (0.90) keeps 0.10 and naive_high_lr (0.95) 0.05: 0.6 - 0.10
+    assert plane.loc["ewc", "above_lr_frontier"] == pytest.approx(0.50)
+    frontier = continual.frontier_by_seed(runs)
+    assert frontier[["method", "seed"]].values.tolist() == [["ewc", 0]]
+    assert frontier.loc[0, "frontier"] == pytest.approx(0.10) and frontier.loc[0, "margin"] == pytest.approx(0.50)
+    own = continual.plane_table(runs.assign(forgotten=[0.5, 0.7, 0.9, 0.1, 0.2]))  # each run against its own before
+    assert own.loc["naive", "forgotten"] == pytest.approx(0.6) and own.loc["ewc", "forgotten"] == pytest.approx(0.2)
     assert plane.loc[list(continual.NAIVE_LRS), "above_lr_frontier"].isna().all()
     assert continual.lr_baselines(plane) == ["naive", "naive_high_lr", "lower_lr"]
     xs, ys = continual.lr_frontier(plane, points=5)  # x = 0, 0.25, 0.5, 0.75, 1
@@ -274,26 +309,62 @@ def test_plane_table_adds_forgetting_cost_and_the_lr_frontier():
     assert continual.lr_frontier(alone) is None and continual.lr_baselines(alone) == []
 
 
-def test_old_head_vs_probe_scores_the_pretrained_and_the_fine_tuned_models():
+def test_old_head_vs_probe_scores_the_pretrained_the_fine_tuned_and_a_random_network():
     pretrained = tiny(num_classes=4)
     source = toy_data(48, seed=3)
     small = continual.per_class(source, 3, seed=0)
     assert torch.bincount(small[1]).tolist() == [3, 3, 3, 3]
     assert torch.bincount(continual.per_class(source, 99, seed=0)[1]).tolist() == [12] * 4  # all there is
+    sources = {0: continual.Pretraining(pretrained, source, source, 1.0, seed=0)}
     models = {("naive", 0): new_head(copy.deepcopy(pretrained), 4, seed=1)}
-    probes = continual.old_head_vs_probe(pretrained, models, source, source, seed=0, train_per_class=3,
-                                          test_per_class=5)
-    assert probes.index.tolist() == ["pretrained", "after naive"]
+    runs, probes = continual.old_head_vs_probe(sources, models, train_per_class=3, test_per_class=5)
+    assert runs[["model", "seed"]].values.tolist() == [["pretrained", 0], [continual.RANDOM_CONTROL, 0],
+                                                       ["after naive", 0]]
     assert probes.loc["pretrained", "old head_mean"] == evaluate(pretrained, continual.per_class(source, 5, 0))["acc"]
     # the new head is never used: the backbone is read through the pretrained head
     assert probes.loc["after naive", "old head_mean"] == probes.loc["pretrained", "old head_mean"]
     assert probes[["old head_mean", "re-fitted probe_mean"]].stack().between(0, 1).all()
 
 
+def test_random_like_is_the_same_architecture_freshly_initialised():
+    pretrained = tiny(num_classes=4)
+    with torch.no_grad():
+        pretrained.backbone[1].running_mean.fill_(3.0)   # statistics pretraining left behind
+    fresh = continual.random_like(pretrained, seed=7)
+    assert [n for n, _ in fresh.named_parameters()] == [n for n, _ in pretrained.named_parameters()]
+    assert not torch.equal(fresh.backbone[0].weight, pretrained.backbone[0].weight)
+    assert (fresh.backbone[1].running_mean == 0).all() and not fresh.training
+    again = continual.random_like(pretrained, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), again.parameters()))   # seeded
+    assert (pretrained.backbone[1].running_mean == 3.0).all()   # the original is untouched
+
+
+def test_notebook_05_claims_cells_can_be_rerun():
+    """A claims cell that re-assigned a name an earlier cell made would change what re-running reads."""
+    import ast
+    import json
+    from pathlib import Path
+
+    for name in ("05_forgetting", "06_overfitting"):
+        cells = json.loads((Path(__file__).parents[1] / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+        start = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                     and "## Claims, checked on the numbers above" in "".join(c["source"]))
+
+        def assigned(cell):
+            tree = ast.parse("".join(cell["source"]))
+            return {t.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AugAssign, ast.For))
+                    for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    for t in ast.walk(target) if isinstance(t, ast.Name)}
+
+        before = set().union(*(assigned(c) for c in cells[:start] if c["cell_type"] == "code"))
+        after = set().union(*(assigned(c) for c in cells[start:] if c["cell_type"] == "code"))
+        assert not before & after, f"{name}: claims cells re-assign {sorted(before & after)}"
+
+
 def test_stream_runs_give_matrices_and_the_continual_metrics():
     from helpers import metrics
 
-    matrices, table = continual.stream_runs(["naive", "replay"], tiny(), toy_task(), seeds=[0], budget=8,
+    matrices, table = continual.stream_runs(["naive", "replay"], {0: tiny()}, toy_task(), seeds=[0], budget=8,
                                              groups=[[0, 1], [2, 3]], steps=2, progress=False, num_classes=4,
                                              lr=1e-2, batch_size=8)
     assert list(matrices) == ["naive", "replay"] and matrices["naive"][0].shape == (2, 2)

@@ -122,6 +122,8 @@ def test_the_cost_table_says_which_methods_need_old_data():
     assert costs.loc["multitask", "x naive time"] == pytest.approx(2.0)
     kept = multitask.keeps_and_learns(plane, source_before=0.9)
     assert kept == pytest.approx({"kept": 0.8 / 0.9, "target_vs_naive": -0.02})
+    own = multitask.keeps_and_learns(plane.assign(forgotten=[0.7, 0.15, 0.4, 0.3, 0.5]))  # each run's own before
+    assert own == pytest.approx({"kept": 0.85, "target_vs_naive": -0.02})
 
 
 def test_the_ratio_is_a_knob_with_a_clear_error():

@@ -106,3 +106,38 @@ def test_split_estimates_compare_single_splits_with_kfold():
     assert table.loc["3-fold CV mean", "acc_range"] == pytest.approx(np.ptp(estimates.kfold_means))
     assert len(estimates.figure(0.5, 100, title="t").axes[0].collections) == 2
     assert isinstance(table, pd.DataFrame)
+
+
+def test_pretrained_per_seed_and_steps_per_set():
+    experiment = tiny_experiment()
+    other = SmallResNet(5, width=2)
+    experiment.pretrained = {0: experiment.pretrained, 1: other}
+    first, second = experiment.network(0, init="pretrained"), experiment.network(1, init="pretrained")
+    assert torch.equal(second.backbone[0].weight, other.backbone[0].weight)
+    assert not torch.equal(first.backbone[0].weight, second.backbone[0].weight)
+    with pytest.raises(ValueError, match="no pretrained network for seed 2"):
+        experiment.network(2, init="pretrained")
+    larger = (torch.cat([experiment.small[0]] * 2), torch.cat([experiment.small[1]] * 2))
+    assert experiment.plain_steps(larger) == 2 * experiment.plain_steps()   # the same epochs: twice the steps
+    runs, _ = overfitting.same_steps_runs(experiment, {"small": experiment.small, "large": larger}, [0],
+                                          steps={"small": experiment.plain_steps(), "large": experiment.plain_steps(larger)})
+    assert list(runs.epochs) == [2, 2]   # the same epochs on both sets
+
+
+def test_per_seed_runs_of_capacity_and_memorisation():
+    experiment = tiny_experiment()
+    runs, _ = overfitting.same_steps_runs(experiment, {"small": experiment.small}, [0, 1], steps=2)
+    capacity = overfitting.capacity_runs(experiment, [2, 4], [0, 1], runs)
+    assert capacity[["width", "seed"]].values.tolist() == [[2, 0], [2, 1], [4, 0], [4, 1]]
+    assert overfitting.capacity_summary(capacity)["seeds"].tolist() == [2, 2]
+    memo, _ = overfitting.memorisation_runs(experiment, [0, 1], 0.5, runs)
+    assert sorted(set(memo["labels"])) == ["50% noisy labels", "random labels", "true labels"]
+    assert (memo.groupby("labels").size() == 2).all()
+
+
+def test_spread_by_seed_measures_both_estimates_on_every_seeds_set():
+    rng = np.random.default_rng(0)
+    sets = {seed: (torch.tensor(rng.normal(size=(30, 4))), torch.arange(30) % 3) for seed in (0, 1)}
+    spread = overfitting.spread_by_seed(lambda x: x, sets, k=3, shuffles=4)
+    assert spread["seed"].tolist() == [0, 1] and (spread["validation_examples"] == 10).all()
+    assert (spread[["single_std", "kfold_std", "single_range", "kfold_range"]] >= 0).all().all()
