@@ -34,6 +34,13 @@ that train the whole network from its first step qualify (:data:`GROUPED_METHODS
 qualifies after its head is fitted; ``linear_probe`` fits only a head on frozen features, which are
 computed once per (pretrained model, labelled set) and shared with ``lp_ft``; ``gradual_unfreezing``
 changes which layers train during the run and falls back to :func:`helpers.finetuning.finetune`.
+
+Does it pay? Measure it: ``python -m helpers.bench_batched --threads 1`` (notebook 03's grid, both
+ways, one process). On a 2-core CPU it mostly does not: a fine-tuning step of this ResNet on 28 x 28
+images at batch 32 is arithmetic (convolutions), not Python overhead, and oneDNN's grouped
+convolution is no faster than N dense ones. It wins where the per-step work is small (batch 10:
+about 1.3x at one thread) and where launching many small kernels is the cost (a GPU; not measured
+here). ``helpers.vision.finetune_grid`` therefore keeps its loop by default.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class Run:
     seed: int
     pretrained: SmallResNet | None = None
     lr: float = 1e-3
+    steps: int | None = None  # this run's own budget of steps (e.g. scratch's longer schedule)
 
 
 # --- N models as one grouped network -----------------------------------------------------------------
@@ -391,8 +399,9 @@ def finetune_many(runs: Sequence[Run], *, num_classes: int, steps: int, batch_si
     groups: dict[tuple[Any, ...], list[_Prepared]] = {}
     for index, run in enumerate(runs):
         start = time.perf_counter()
+        run_steps = run.steps or steps
         if run.method == "gradual_unfreezing":
-            results[index] = finetune(run.method, run.pretrained, run.data, num_classes=num_classes, steps=steps,
+            results[index] = finetune(run.method, run.pretrained, run.data, num_classes=num_classes, steps=run_steps,
                                       lr=run.lr, batch_size=batch_size, seed=run.seed, width=width,
                                       weight_decay=weight_decay, bf16=bf16, val_data=val_data, device=device,
                                       forward_flops=forward_flops)
@@ -401,12 +410,12 @@ def finetune_many(runs: Sequence[Run], *, num_classes: int, steps: int, batch_si
         extra, extra_flops = 0, 0.0
         if run.method in ("linear_probe", "lp_ft"):
             cached = features.get(run.pretrained, model, run.data[0])
-            history = _fit_head(model, cached, run.data[1], steps=steps, lr=run.lr * 3, batch_size=batch_size,
+            history = _fit_head(model, cached, run.data[1], steps=run_steps, lr=run.lr * 3, batch_size=batch_size,
                                 seed=run.seed, weight_decay=weight_decay)
             set_trainable(model, True)
             n = len(cached)
             if run.method == "linear_probe":
-                epochs, _ = epochs_for(n, batch_size, steps)
+                epochs, _ = epochs_for(n, batch_size, run_steps)
                 head_flops = 3 * 2 * model.head.in_features * num_classes
                 results[index] = FineTuned(model, history, run.method, time.perf_counter() - start, n * epochs,
                                            count_parameters(model.head), count_parameters(model),
@@ -414,17 +423,17 @@ def finetune_many(runs: Sequence[Run], *, num_classes: int, steps: int, batch_si
                 continue
             extra = n
             extra_flops = n * forward_flops + 3 * 2 * model.head.in_features * num_classes * n * epochs_for(
-                n, batch_size, steps)[0]
+                n, batch_size, run_steps)[0]
         lr = {"lp_ft": run.lr / 2, "full_ft_high_lr": run.lr * HIGH_LR_FACTOR}.get(run.method, run.lr)
         groups_ = (discriminative_param_groups(model, lr, weight_decay) if run.method == "discriminative_lr"
                    else default_param_groups(model, lr, weight_decay))
         prepared = _Prepared(index, run, model, _rates(model, groups_), float(groups_[0]["lr"]), extra, extra_flops,
                              time.perf_counter() - start)
         shape = tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
-        groups.setdefault((len(run.data[1]), shape), []).append(prepared)
+        epochs, batch = epochs_for(len(run.data[1]), batch_size, run_steps)
+        groups.setdefault((len(run.data[1]), epochs, batch, shape), []).append(prepared)
 
-    for (n_examples, _), members in groups.items():
-        epochs, batch = epochs_for(n_examples, batch_size, steps)
+    for (_, epochs, batch, _), members in groups.items():
         for chunk in _chunks(members, max_group):
             stack, histories = train_group([p.model for p in chunk], [p.run.data for p in chunk],
                                            [p.run.seed for p in chunk], [p.rates for p in chunk], epochs=epochs,

@@ -22,6 +22,15 @@ WIDTH, CLASSES = 4, 5
 STEPS, BATCH = 6, 8
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and a shared machine stays usable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images whose class is a brightness pattern (learnable in a few steps), 12 x 12 to stay fast."""
     gen = torch.Generator().manual_seed(seed)
@@ -46,7 +55,7 @@ FLOPS = 1000.0  # a made-up cost of one forward pass: the FLOP counts must follo
 
 
 def _one_at_a_time(run: batched.Run, **kw):
-    return finetune(run.method, run.pretrained, run.data, num_classes=CLASSES, steps=STEPS, lr=run.lr,
+    return finetune(run.method, run.pretrained, run.data, num_classes=CLASSES, steps=run.steps or STEPS, lr=run.lr,
                     batch_size=BATCH, seed=run.seed, width=WIDTH, forward_flops=FLOPS, **kw)
 
 
@@ -57,8 +66,8 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 def test_every_method_matches_the_one_at_a_time_path(pretrained):
-    # 30 examples in batches of 8: the last batch of each epoch is smaller, as in finetune()
-    runs = [batched.Run(method, _data(30, seed), seed, pretrained, lr=3e-3)
+    # 20 examples in batches of 8: 2 epochs of 3 steps, the last batch of each smaller, as in finetune()
+    runs = [batched.Run(method, _data(20, seed), seed, pretrained, lr=3e-3)
             for seed, method in enumerate(["scratch", "full_ft", "discriminative_lr", "full_ft_high_lr",
                                            "lp_ft", "linear_probe", "gradual_unfreezing", "full_ft"])]
     runs.append(batched.Run("linear_probe", runs[4].data, 4, pretrained, lr=3e-3))  # shares lp_ft's features
@@ -82,17 +91,19 @@ def test_every_method_matches_the_one_at_a_time_path(pretrained):
 
 
 def test_runs_of_different_sizes_train_in_separate_groups(pretrained):
-    runs = [batched.Run("full_ft", _data(n, seed), seed, pretrained) for seed, n in enumerate([10, 24, 10, 24, 5])]
+    runs = [batched.Run("full_ft", _data(n, seed), seed, pretrained) for seed, n in enumerate([10, 24, 10, 24])]
+    runs.append(batched.Run("scratch", _data(10, 7), 7, steps=2 * STEPS))  # its own, longer schedule
     together = batched.finetune_many(runs, num_classes=CLASSES, steps=STEPS, batch_size=BATCH, width=WIDTH,
                                      max_group=1 + len(runs) // 3, forward_flops=FLOPS)
     for run, mine in zip(runs, together):
         alone = _one_at_a_time(run)
         assert _max_diff(mine.model, alone.model) < 1e-4
         assert mine.history.examples_seen == alone.history.examples_seen
+        assert len(mine.history.rows) == len(alone.history.rows)
 
 
 def test_bf16_runs_agree_in_what_they_predict(pretrained):
-    runs = [batched.Run(m, _data(40, s), s, pretrained, lr=3e-3) for s, m in enumerate(["scratch", "full_ft"] * 2)]
+    runs = [batched.Run(m, _data(24, s), s, pretrained, lr=3e-3) for s, m in enumerate(["scratch", "full_ft"])]
     test = _data(200, seed=77)
     together = batched.finetune_many(runs, num_classes=CLASSES, steps=STEPS, batch_size=BATCH, width=WIDTH, bf16=True)
     mine = batched.evaluate_many([t.model for t in together], test, bf16=True)
@@ -159,3 +170,15 @@ def test_bad_input_fails_before_training(pretrained):
     dropping = SmallResNet(CLASSES, width=WIDTH, dropout=0.5)
     with pytest.raises(ValueError, match="dropout"):
         batched.grouped_forward(batched.Stack([dropping, dropping]), data[0], training=True)
+
+
+def test_the_benchmark_times_03s_grid():
+    """helpers.bench_batched times the runs notebook 03 makes (running it takes minutes: by hand)."""
+    from helpers import bench_batched
+    from helpers.config import resolve
+
+    params = resolve("smoke", _record=False)
+    pairs = bench_batched.grid(params)
+    assert ("full_ft", params["compare_budget"]) in pairs and len(pairs) == len(set(pairs))
+    assert {b for _, b in pairs} == {*params["budgets"], params["compare_budget"]}
+    assert {b for _, b in bench_batched.grid(params, [params["budgets"][0]])} == {params["budgets"][0]}
