@@ -168,10 +168,15 @@ def curve_figure(curves: pd.DataFrame, targets: Mapping[str, float] | None = Non
     return fig
 
 
-def equal_compute_steps(total_flops: float, forward_flops: float, batch_size: int) -> int:
-    """Steps of ``batch_size`` images that cost ``total_flops`` training FLOPs (3 x forward per image):
-    the schedule of a scratch run given as much compute as pretraining and fine-tuning together."""
-    if forward_flops <= 0 or batch_size < 1:
-        raise ValueError(f"equal_compute_steps: forward_flops={forward_flops!r} and batch_size={batch_size!r} "
-                         "must be positive")
-    return max(1, math.ceil(total_flops / (3 * forward_flops * batch_size)))
+def equal_compute_steps(total_flops: float, forward_flops: float, batch_size: int, n_examples: int) -> int:
+    """Steps over ``n_examples`` labelled images in batches of ``batch_size`` that cost about
+    ``total_flops`` training FLOPs (3 x forward per image): the schedule of a scratch run given as
+    much compute as pretraining and fine-tuning together.
+
+    Whole epochs (what :func:`helpers.finetuning.epochs_for` makes of a step count): an epoch of
+    ``n_examples`` images takes ``ceil(n_examples / batch_size)`` steps, its last batch smaller."""
+    if forward_flops <= 0 or batch_size < 1 or n_examples < 1:
+        raise ValueError(f"equal_compute_steps: forward_flops={forward_flops!r}, batch_size={batch_size!r} and "
+                         f"n_examples={n_examples!r} must be positive")
+    epochs = max(1, round(total_flops / (3 * forward_flops * n_examples)))
+    return epochs * math.ceil(n_examples / min(batch_size, n_examples))

@@ -112,11 +112,14 @@ def test_finetune_grid_takes_a_pretrained_network_per_seed_and_scratchs_own_sche
     assert same.test_acc.iloc[0] == rows.test_acc.iloc[1]  # one network = the old call, unchanged
 
 
-def test_equal_compute_steps_spend_the_flops_given():
-    assert compute.equal_compute_steps(3 * 10.0 * 8 * 5, forward_flops=10.0, batch_size=8) == 5
-    assert compute.equal_compute_steps(1.0, forward_flops=10.0, batch_size=8) == 1
+def test_equal_compute_steps_spend_the_flops_given_in_whole_epochs():
+    assert compute.equal_compute_steps(3 * 10.0 * 8 * 5, forward_flops=10.0, batch_size=8, n_examples=8) == 5
+    # 100 images in batches of 32: 4 steps an epoch (the last of 4 images); 6 epochs = 600 images
+    assert compute.equal_compute_steps(3 * 10.0 * 600, forward_flops=10.0, batch_size=32, n_examples=100) == 24
+    assert finetuning.epochs_for(100, 32, 24) == (6, 32)  # what finetune makes of those steps
+    assert compute.equal_compute_steps(1.0, forward_flops=10.0, batch_size=8, n_examples=8) == 1
     with pytest.raises(ValueError, match="forward_flops=0"):
-        compute.equal_compute_steps(1.0, forward_flops=0, batch_size=8)
+        compute.equal_compute_steps(1.0, forward_flops=0, batch_size=8, n_examples=8)
 
 
 def test_per_seed_gives_one_side_of_a_paired_claim_in_seed_order():
