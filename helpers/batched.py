@@ -38,9 +38,10 @@ changes which layers train during the run and falls back to :func:`helpers.finet
 Does it pay? Measure it: ``python -m helpers.bench_batched --threads 1`` (notebook 03's grid, both
 ways, one process). On a 2-core CPU it mostly does not: a fine-tuning step of this ResNet on 28 x 28
 images at batch 32 is arithmetic (convolutions), not Python overhead, and oneDNN's grouped
-convolution is no faster than N dense ones. It wins where the per-step work is small (batch 10:
-about 1.3x at one thread) and where launching many small kernels is the cost (a GPU; not measured
-here). ``helpers.vision.finetune_grid`` therefore keeps its loop by default.
+convolution is no faster than N dense ones (evaluation neither: 15 models on 1,000 images took
+longer grouped than one by one). The forward+backward step alone wins only where the work per step
+is small (batch 10: about 1.3x at one thread); launching many small kernels, where grouping should
+pay, is a GPU's cost (not measured here). ``helpers.vision.finetune_grid`` keeps its loop.
 """
 
 from __future__ import annotations
