@@ -78,8 +78,8 @@ def pretrain_glyphs(params: Mapping[str, Any], glyph_classes: int, glyphs_per_cl
     """The small ResNet pretrained (supervised) on ``glyph_classes x glyphs_per_class`` generated glyphs.
 
     Whatever the size, it processes about ``params["scale_pretrain_images"]`` images (a small set
-    is read for more epochs: :func:`epochs_for_images`), at the profile's ``width``, ``lr``,
-    ``batch_size``, ``bf16`` and ``weight_decay``; 10% of the glyphs are held out
+    is read for more epochs: :func:`epochs_for_images`) in steps of ``scale_batch_size`` images, at
+    the profile's ``width``, ``lr``, ``bf16`` and ``weight_decay``; 10% of the glyphs are held out
     (:data:`helpers.vision.PRETRAIN_SPLIT`). Loaded when a verified checkpoint exists, else trained
     and saved (kind ``cnn-scale``). Returns the model and a summary: ``images`` (distinct),
     ``epochs``, ``images_seen``, ``glyph_val_acc``, ``wall_time``, ``flops``, ``trained``.
@@ -90,7 +90,8 @@ def pretrain_glyphs(params: Mapping[str, Any], glyph_classes: int, glyphs_per_cl
     budget = params["scale_pretrain_images"]
     key = {"version": SCALE_VERSION, "objective": "supervised", "glyph_classes": glyph_classes,
            "glyphs_per_class": glyphs_per_class, "images_processed": budget, "seed": seed,
-           **{k: params[k] for k in ("width", "lr", "batch_size", "bf16", "weight_decay")}}
+           "batch_size": params["scale_batch_size"],
+           **{k: params[k] for k in ("width", "lr", "bf16", "weight_decay")}}
     images, labels = data.glyph_dataset(glyph_classes, glyphs_per_class, seed=seed)
     seen, held_out = data.stratified_split(labels, PRETRAIN_SPLIT, seed=seed)
     epochs = epochs_for_images(len(seen), budget)
@@ -100,7 +101,7 @@ def pretrain_glyphs(params: Mapping[str, Any], glyph_classes: int, glyphs_per_cl
 
     def train_fn(net: torch.nn.Module) -> dict[str, Any]:
         history = train(net.to(device), (images[seen], labels[seen]), (images[held_out], labels[held_out]),
-                        epochs=epochs, lr=params["lr"], batch_size=params["batch_size"], bf16=params["bf16"],
+                        epochs=epochs, lr=params["lr"], batch_size=params["scale_batch_size"], bf16=params["bf16"],
                         device=device, seed=seed, weight_decay=params["weight_decay"], progress=progress,
                         desc=f"pretrain {glyph_classes}x{glyphs_per_class} glyphs")
         return {"images": len(labels), "epochs": epochs, "images_seen": history.examples_seen,

@@ -77,7 +77,7 @@ def test_log_slope_is_the_change_per_doubling():
 
 def _tiny_params(**changes) -> Params:
     P = resolve("smoke", _record=False)
-    P.update({"width": 4, "scale_pretrain_images": 48, "batch_size": 16, "bf16": False, **changes})
+    P.update({"width": 4, "scale_pretrain_images": 48, "scale_batch_size": 16, "bf16": False, **changes})
     return P
 
 
