@@ -21,9 +21,12 @@ $(READY): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (pretrain-finetune workbook)" >/dev/null
 	@touch $(READY)
 
-## run: execute every notebook in the quick profile into runs/<timestamp>/ and write the report
+## run: execute every notebook in the quick profile into runs/<timestamp>/ and write the report,
+## JOBS notebooks at a time: 1 = one kernel using every core; 2 = two kernels with cores / 2 threads
+## each (shared checkpoints are still built once). The default is whichever measured faster.
+JOBS ?= 1
 run: $(READY)
-	$(PY) -m helpers.run --profile $(PROFILE) $(ARGS)
+	$(PY) -m helpers.run --profile $(PROFILE) --jobs $(JOBS) $(ARGS)
 
 ## test: unit tests, every notebook in smoke (nbval), the browser, and the quick-profile claim checks,
 ## in TEST_JOBS pytest-xdist workers (each gets cores / TEST_JOBS threads)
@@ -36,7 +39,8 @@ test: $(READY)
 lab: $(READY)
 	$(VENV)/bin/jupyter lab notebooks/
 
-## bench: training-loop throughput vs a bare loop and the matmul peak
+## bench: training-loop throughput vs a bare loop and the matmul peak, and each notebook's newest
+## quick time against its budget (ARGS=--run-notebooks runs them first); written to runs/bench/
 bench: $(READY)
 	$(PY) -m helpers.bench $(ARGS)
 

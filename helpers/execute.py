@@ -18,8 +18,9 @@ import re
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .plan import Job
 
@@ -161,12 +162,71 @@ def section_seconds(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"section": name, "seconds": round(seconds, 3)} for name, seconds in sections.items()]
 
 
-def _executed_cells(path: Path) -> list[dict[str, Any]]:
-    """The cells of an executed notebook (none when it cannot be read)."""
+KERNEL_START = "kernel start"  # from papermill's start to the first cell: kernel launch and handshake
+PARAMETERS = "parameters"  # the cells tagged parameters / injected-parameters
+OTHER = "other"  # the rest of the wall time: writing the executed notebook, shutting the kernel down
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """A papermill ISO timestamp as a datetime (``None`` when absent or unreadable)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["cells"]
-    except (OSError, ValueError, KeyError):
-        return []
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def time_profile(notebook: dict[str, Any], wall_s: float | None = None) -> list[dict[str, Any]]:
+    """Where one execution's wall time went, in order, from what papermill records.
+
+    papermill stamps the notebook's metadata with its own start and each cell's metadata with the
+    cell's start and duration. So: ``kernel start`` = the first cell's start minus papermill's start
+    (launching the kernel: Python, its imports, the handshake); ``parameters`` = the parameter cells;
+    then each ``## `` section's code cells (:func:`section_seconds`; cells before the first heading
+    are ``setup``); and, given the execution's ``wall_s``, ``other`` = what is left (writing the
+    executed notebook, shutting the kernel down). Entries of 0 s are left out, so an empty list means
+    papermill recorded nothing (the notebook could not be read).
+    """
+    cells = notebook.get("cells") or []
+    begun = _timestamp((notebook.get("metadata", {}).get("papermill") or {}).get("start_time"))
+    first = next((_timestamp((c.get("metadata", {}).get("papermill") or {}).get("start_time"))
+                  for c in cells if c.get("cell_type") == "code"
+                  and (c.get("metadata", {}).get("papermill") or {}).get("start_time")), None)
+    profile: list[dict[str, Any]] = []
+    if begun is not None and first is not None:
+        profile.append({"section": KERNEL_START, "seconds": round(max(0.0, (first - begun).total_seconds()), 3)})
+    tagged = [c for c in cells if {"parameters", "injected-parameters"} & set(c.get("metadata", {}).get("tags", []))]
+    profile += [{**s, "section": PARAMETERS} for s in section_seconds(tagged)][:1]
+    profile += section_seconds([c for c in cells if not any(c is t for t in tagged)])
+    if wall_s is not None and profile:
+        profile.append({"section": OTHER, "seconds": round(max(0.0, wall_s - sum(e["seconds"] for e in profile)), 3)})
+    return [entry for entry in profile if entry["seconds"] > 0]
+
+
+def profile_markdown(batch: Mapping[str, Any]) -> str:
+    """Where each execution of one batch spent its time (``<out>/profile.md``, written by the runner):
+    one row per execution, one column per part (kernel start, parameters, each section, other)."""
+    lines = [f"# Where the time went: {Path(str(batch.get('out', ''))).name}", "",
+             f"profile {batch.get('profile')}, {batch.get('jobs') or 1} notebook(s) at a time, "
+             f"batch wall time {batch.get('wall_s') or 0:.1f} s. Seconds per part of each notebook "
+             f"(papermill's cell times; kernel start = launch to first cell; other = writing the "
+             f"notebook, kernel shutdown).", ""]
+    for run in batch.get("runs", []):
+        sections = run.get("sections") or []
+        lines += [f"## {run['name']} ({run.get('status')}, {run.get('wall_s') or 0:.1f} s)", "",
+                  "| part | seconds | share |", "|---|---|---|"]
+        wall = run.get("wall_s") or sum(e["seconds"] for e in sections) or 1.0
+        lines += [f"| {e['section']} | {e['seconds']:.2f} | {e['seconds'] / wall:.0%} |" for e in sections]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _executed_notebook(path: Path) -> dict[str, Any]:
+    """An executed notebook as JSON (an empty one when it cannot be read)."""
+    try:
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        return notebook if isinstance(notebook.get("cells"), list) else {"cells": []}
+    except (OSError, ValueError, AttributeError):
+        return {"cells": []}
 
 
 def _slowest_cells(cells: list[dict[str, Any]], n: int = 3) -> list[dict[str, Any]]:
@@ -208,9 +268,9 @@ def execute(job: Job, out: Path, timeout: float | None = None) -> Job:
     job.wall_s = round(time.perf_counter() - started, 3)
     job.finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     job.peak_rss_mb = None if rss.peak_mb is None else round(rss.peak_mb, 1)
-    cells = _executed_cells(output)  # read once for both profiles of where the time went
-    job.slowest_cells = _slowest_cells(cells)
-    job.sections = section_seconds(cells)
+    notebook = _executed_notebook(output)  # read once for both profiles of where the time went
+    job.slowest_cells = _slowest_cells(notebook["cells"])
+    job.sections = time_profile(notebook, job.wall_s)
     job.kernel_log = os.path.relpath(log, out) if log.is_file() else None
     return job
 

@@ -55,6 +55,8 @@ Output folder (default ``runs/<YYYYmmdd-HHMMSS>/`` under the repository root):
 * ``<run>.results.json`` (and ``<run>_figures/``) -- what the notebook recorded through
   :mod:`helpers.results` (the runner points ``$WORKBOOK_RESULTS`` there);
 * ``batch.json`` -- the machine-readable index (rewritten after every notebook);
+* ``profile.md`` -- where each execution's time went: kernel start, parameters, each ``## ``
+  section, the rest (:func:`helpers.execute.time_profile`; also in ``batch.json`` and the report);
 * ``summary.md`` and ``report.html`` -- the aggregated report (see :mod:`helpers.report`): every
   run's time and peak memory, claims with their evidence, metrics, tables, figures, the
   environment; for a sweep over ``seed``, every metric as mean ± std over the seeds (grouped by the
@@ -92,7 +94,7 @@ from typing import Any, Mapping, Sequence
 from . import config, executors, report
 from .report import one_line
 from .checkpoints import repo_root
-from .execute import terminal
+from .execute import profile_markdown, terminal
 from .plan import (Job, Plan, UsageError, available_notebooks, check_out, default_out,
                    find_notebook, load_batch, merge_previous, newest_batch, parse_params,
                    parse_sweeps, plan_jobs)
@@ -344,6 +346,7 @@ def run_plan(plan: Plan, argv: Sequence[str]) -> int:
                  wall_s=round(earlier_s + time.perf_counter() - began, 3))
     save()
     summary, html = report.write_reports(plan.out, batch)
+    report.write_text(plan.out / "profile.md", profile_markdown(batch))  # where the time went
 
     failed = [job for job in plan.jobs if job.status == "failed"]
     if failed:

@@ -25,6 +25,7 @@ It avoids host syncs it does not need: losses are summed on the device and read 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import itertools
@@ -97,10 +98,11 @@ def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 def batch_loss(model: nn.Module, batch: Data, task: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mean loss, number of correct predictions (a tensor, no sync) and batch size."""
     if task == "lm":
-        inputs, targets = batch[:, :-1], batch[:, 1:]
+        inputs, targets = batch[:, :-1], batch[:, 1:].reshape(-1)
         logits = _forward(model, inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        correct = (logits.argmax(-1) == targets).sum()
+        flat = logits.reshape(-1, logits.size(-1)).float()  # a no-op in fp32; under bf16 the loss
+        loss = F.cross_entropy(flat, targets)  # and the argmax read the same fp32 copy (an argmax
+        correct = (flat.argmax(-1) == targets).sum()  # over bf16 on a CPU is several times slower)
         return loss, correct, targets.numel()
     inputs, labels = batch
     logits = _forward(model, inputs)
@@ -124,10 +126,14 @@ def _take(data: Data, index: torch.Tensor, device: torch.device) -> Data:
     return tuple(t[index].to(device, non_blocking=True) for t in data)  # type: ignore[return-value]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, data: Data, task: str = "classify", batch_size: int = 512,
              device: torch.device | str | None = None, bf16: bool = False) -> dict[str, float]:
-    """Loss and accuracy (classify) or loss, perplexity and next-token accuracy (lm) on ``data``."""
+    """Loss and accuracy (classify) or loss, perplexity and next-token accuracy (lm) on ``data``.
+
+    Runs under ``torch.inference_mode`` (no autograd bookkeeping at all, cheaper than ``no_grad``)
+    in batches of ``batch_size``; losses and counts are summed on the device and read once.
+    """
     device = torch.device(device) if device else next(model.parameters()).device
     bf16 = bf16 and bf16_supported(device)
     was_training = model.training
@@ -138,7 +144,7 @@ def evaluate(model: nn.Module, data: Data, task: str = "classify", batch_size: i
     n = _size(data)
     for start in range(0, n, batch_size):
         batch = _take(data, torch.arange(start, min(start + batch_size, n)), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with attention_kernels(device, bf16), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, right, size = batch_loss(model, batch, task)
         loss_sum += loss.float() * size
         correct += right
@@ -220,6 +226,23 @@ def bf16_supported(device: torch.device | str) -> bool:
         return True
     except (RuntimeError, TypeError):
         return False
+
+
+def attention_kernels(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """Which ``F.scaled_dot_product_attention`` kernels a forward pass may use (a context manager).
+
+    On a CPU under bf16 autocast: the *math* kernel (attention as two matmuls and a softmax, so
+    it runs on the fast bf16 matrix units like every other layer), because PyTorch's fused CPU
+    "flash" kernel is slow in bf16, its backward above all: measured on the bench GPT (width 128,
+    4 layers, 128 tokens) it took 40% of a bf16 training step, making bf16 barely faster than fp32;
+    with the math kernel bf16 is about 1.6x faster (``python -m helpers.bench``). Both kernels
+    compute the same attention (up to rounding). Elsewhere (fp32, GPUs): PyTorch's own choice.
+    """
+    if device.type == "cpu" and bf16:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
 
 
 def use_bf16(requested: bool, device: torch.device) -> bool:
@@ -351,6 +374,7 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
 
     groups = list(param_groups) if param_groups is not None else default_param_groups(model, lr, weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    clipped = [p for g in optimizer.param_groups for p in g["params"]]  # what clipping sees, listed once
     n = _size(train_data)
     steps_per_epoch = math.ceil(n / batch_size)
     scheduler = make_schedule(optimizer, epochs * steps_per_epoch, schedule, warmup_steps)
@@ -400,13 +424,16 @@ def train(model: nn.Module, train_data: Data, val_data: Data | None = None, *,
                 batch = _take(train_data, order[step * batch_size:(step + 1) * batch_size], device)
                 if augment is not None:
                     batch = (augment(batch[0]), *batch[1:]) if isinstance(batch, tuple) else augment(batch)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                with attention_kernels(device, bf16), \
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss, correct, size = (loss_fn or batch_loss)(model, batch, task)
-                    total = loss + sum((p(model) for p in penalties), torch.zeros((), device=device))
+                    total = loss
+                    for penalty in penalties:
+                        total = total + penalty(model)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if grad_clip:
-                    nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], grad_clip)
+                    nn.utils.clip_grad_norm_(clipped, grad_clip)
                 optimizer.step()
                 scheduler.step()
                 sums += torch.stack([loss.detach().float() * size, correct.float()])

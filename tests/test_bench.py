@@ -73,3 +73,61 @@ def test_full_is_sized_for_one_gpu_and_larger_than_quick():
     for knob in ("glyph_classes", "glyphs_per_class", "vocab_size", "seq_len", "epochs", "batch_size",
                  "width", "gpt_width", "gpt_layers", "lm_epochs", "pretrain_epochs", "finetune_steps", "seeds"):
         assert full[knob] >= quick[knob], knob
+
+
+def _report(gpt_fp32: float, gpt_bf16: float, ratio: float = 1.0, peaks=(300.0, 1000.0)) -> dict:
+    row = lambda speed: {"bare_per_s": speed, "helpers_per_s": speed * ratio, "helpers_over_bare": ratio,  # noqa: E731
+                         "mfu": 6 * 1e6 * speed * ratio / (peaks[0] * 1e9)}
+    return {"precisions": ["fp32", "bf16"], "matmul_gflops": {"fp32": peaks[0], "bf16": peaks[1]},
+            "cnn_fp32": row(100.0), "cnn_bf16": row(150.0), "gpt_fp32": row(gpt_fp32), "gpt_bf16": row(gpt_bf16),
+            "cnn_params": 1e5, "gpt_params": 1e6, "device": "cpu", "torch": "x", "threads": 2}
+
+
+def test_targets_check_the_speedup_and_loop_overhead():
+    report = _report(10_000.0, 16_000.0)  # bf16 1.6x fp32, the bf16 peak 3.3x fp32's
+    checks = {c["target"]: c for c in bench.targets(report)}
+    assert checks["gpt bf16 speed-up over fp32"]["value"] == pytest.approx(1.6)
+    assert bench.gpt_target_met(list(checks.values()))
+    assert all(checks[f"{m}_{p} helpers/bare"]["met"] for m in ("cnn", "gpt") for p in ("fp32", "bf16"))
+    slow = bench.targets(_report(10_000.0, 12_000.0, ratio=0.9))  # 1.2x and a loop at 0.9 of bare
+    assert not bench.gpt_target_met(slow) and not any(c["met"] for c in slow if "helpers/bare" in c["target"])
+    # where bf16's peak is not 2x fp32's, the speed-up is not asked for (MFU alone decides)
+    flat = bench.targets(_report(10_000.0, 16_000.0, peaks=(300.0, 400.0)))
+    assert not any("speed-up" in c["target"] for c in flat)
+    assert "| gpt bf16 speed-up over fp32 | 1.6 | 1.5 | yes |" in bench.bench_markdown({**report, "targets": list(checks.values())})
+
+
+def test_notebook_times_take_each_notebooks_newest_plain_quick_run(tmp_path):
+    import json
+
+    def batch(name, profile, runs, mtime):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "batch.json").write_text(json.dumps({"profile": profile, "params": {}, "jobs": 1, "runs": runs}))
+        import os
+        os.utime(folder / "batch.json", (mtime, mtime))
+
+    def run(stem, seconds, status="ok", point=None):
+        return {"name": stem, "notebook": stem, "status": status, "wall_s": seconds, "point": point or {},
+                "sections": [{"section": "kernel start", "seconds": 1.0}, {"section": "1 · Train", "seconds": seconds - 1}]}
+
+    batch("old", "quick", [run("03_finetune_cnn", 50.0), run("02_pretrain_transformer", 30.0)], 1000)
+    batch("new", "quick", [run("03_finetune_cnn", 70.0), run("02_pretrain_transformer", 5.0, "failed"),
+                           run("05_forgetting", 1.0, point={"finetune_steps": 2})], 2000)
+    batch("smoke", "smoke", [run("03_finetune_cnn", 2.0)], 3000)
+    rows = bench.notebook_times(tmp_path)
+    assert [(r["notebook"], r["seconds"], r["batch"]) for r in rows] == [
+        ("02_pretrain_transformer", 30.0, "old"), ("03_finetune_cnn", 70.0, "new")]  # failed, smoke, fewer steps: skipped
+    assert rows[1]["budget_s"] == bench.BUDGETS_S["03"] and rows[1]["within_budget"] == (70.0 <= bench.BUDGETS_S["03"])
+    text = bench.notebook_markdown(rows)
+    assert "| 03_finetune_cnn | 70.0 |" in text and "1 · Train 69.0 s" in text and "| all | 100.0 | 600 |" in text
+    assert sum(bench.BUDGETS_S.values()) <= bench.WORKBOOK_BUDGET_S  # the notebooks' budgets fit the workbook's
+
+
+def test_notebooks_only_writes_the_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "repo_root", lambda: tmp_path)
+    assert bench.main(["--notebooks-only"]) == 0
+    assert "no successful quick-profile notebook run" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "bench" / "notebooks.md").is_file()
+    with pytest.raises(SystemExit):
+        bench.main(["--notebooks-only", "--loops-only"])

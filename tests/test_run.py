@@ -184,6 +184,11 @@ def test_sweep_runs_each_point_and_reports(nbdir, tmp_path, capsys):
     assert batch["runs"][0]["parameters"] == {"PROFILE": "quick", "SEED": 0, "OVERRIDES": {"lr": 0.001}}
     assert batch["sweep"] == {"seed": [0, 1]} and batch["failed"] == []
     assert batch["environment"]["torch"]
+    for entry in batch["runs"]:  # where the time went, from papermill's own stamps
+        parts = [e["section"] for e in entry["sections"]]
+        assert parts[0] == "kernel start" and "parameters" in parts
+        assert sum(e["seconds"] for e in entry["sections"]) == pytest.approx(entry["wall_s"], abs=0.01)
+    assert "| kernel start |" in (out / "profile.md").read_text()
 
     summary = (out / "summary.md").read_text()
     html = (out / "report.html").read_text()
@@ -327,3 +332,26 @@ def test_section_seconds_sum_cell_durations_under_each_heading():
              code(1.0), heading("Claims"), code(0.25)]
     assert section_seconds(cells) == [{"section": "setup", "seconds": 1.0}, {"section": "1 · Train", "seconds": 3.5},
                                       {"section": "Claims", "seconds": 0.25}]
+
+
+def test_time_profile_adds_kernel_start_parameters_and_the_rest():
+    from helpers.execute import profile_markdown, time_profile
+
+    def code(start, seconds, tags=()):
+        return {"cell_type": "code", "source": "x",
+                "metadata": {"tags": list(tags), "papermill": {"start_time": start, "duration": seconds}}}
+
+    notebook = {"metadata": {"papermill": {"start_time": "2026-01-01T00:00:00.000000"}},
+                "cells": [{"cell_type": "markdown", "source": "## Parameters", "metadata": {}},
+                          code("2026-01-01T00:00:02.500000", 0.5, ["parameters"]),
+                          code("2026-01-01T00:00:03.000000", 0.25, ["injected-parameters"]),
+                          {"cell_type": "markdown", "source": "## 1 · Train", "metadata": {}},
+                          code("2026-01-01T00:00:03.250000", 4.0)]}
+    profile = time_profile(notebook, wall_s=10.0)
+    assert profile == [{"section": "kernel start", "seconds": 2.5}, {"section": "parameters", "seconds": 0.75},
+                       {"section": "1 · Train", "seconds": 4.0}, {"section": "other", "seconds": 2.75}]
+    assert sum(e["seconds"] for e in profile) == pytest.approx(10.0)  # every second is accounted for
+    assert time_profile({"cells": []}, wall_s=3.0) == []  # nothing recorded: no invented profile
+    table = profile_markdown({"out": "/x/runs/b", "profile": "quick", "wall_s": 10.0,
+                              "runs": [{"name": "03_x", "status": "ok", "wall_s": 10.0, "sections": profile}]})
+    assert "| kernel start | 2.50 | 25% |" in table and "## 03_x (ok, 10.0 s)" in table

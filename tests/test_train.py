@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,3 +234,34 @@ def test_resume_state_includes_the_cuda_generator(monkeypatch):
     restored.clear()
     tr.set_rng_state(state, torch.device("cpu"))  # a CUDA state is not pushed onto a CPU run
     assert not restored
+
+
+def test_bf16_attention_kernel_choice_computes_the_same_and_eval_leaves_training_intact():
+    """On a CPU under bf16 the math attention kernel replaces the fused one (it is faster there);
+    both compute the same loss, and so do the loss's fp32 argmax and the old per-token argmax."""
+    import torch.nn.functional as F
+
+    from helpers.models import tiny_gpt
+    from helpers.train import _forward, attention_kernels, batch_loss, evaluate
+
+    torch.manual_seed(0)
+    model = tiny_gpt(50, n_positions=16, n_embd=32, n_layer=1, n_head=2, use_cache=False)
+    blocks = torch.randint(0, 50, (8, 17))
+    cpu = torch.device("cpu")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, _, _ = batch_loss(model, blocks, "lm")
+        with attention_kernels(cpu, bf16=True):
+            math_kernel, correct, size = batch_loss(model, blocks, "lm")
+        logits = _forward(model, blocks[:, :-1])
+    assert math_kernel.item() == pytest.approx(fused.item(), rel=2e-2)  # equal up to bf16 rounding
+    assert int(correct) == int((logits.argmax(-1) == blocks[:, 1:]).sum()) and size == 8 * 16
+    with torch.no_grad():  # fp32: the kernel choice is PyTorch's, and the loss is the plain one
+        loss, _, _ = batch_loss(model, blocks, "lm")
+        reference = F.cross_entropy(_forward(model, blocks[:, :-1]).reshape(-1, 50), blocks[:, 1:].reshape(-1))
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert type(attention_kernels(cpu, bf16=False)).__name__ == "nullcontext"
+
+    # evaluate runs under inference_mode, between training epochs, without breaking training
+    history = train(model, blocks, blocks[:2], task="lm", epochs=2, batch_size=4, bf16=True, progress=False)
+    assert [r["epoch"] for r in history.rows] == [1, 2] and math.isfinite(history.last("val_loss"))
+    assert math.isfinite(evaluate(model, blocks, task="lm", bf16=True)["loss"])
