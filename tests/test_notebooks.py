@@ -135,8 +135,13 @@ def assert_no_reference_leaks(notebook: Path, log: Path) -> None:
 def test_claims_hold_in_quick(notebook, tmp_path, shared_store, monkeypatch):
     recorded = _execute(notebook, "quick", tmp_path, shared_store, monkeypatch)
     claims = recorded["claims"]
-    assert claims and all(c["asserted"] and c["holds"] for c in claims), json.dumps(claims, indent=1)
-    print(f"{notebook.stem}: {len(claims)} claims hold in quick, {recorded['seconds']:.0f} s")
+    # every claim is asserted and holds, or is reported only with the reason why (a dataset-specific
+    # effect, a definition of the profile); at least one claim per notebook is asserted
+    asserted = [c for c in claims if c["asserted"]]
+    assert asserted and all(c["holds"] for c in asserted), json.dumps(claims, indent=1)
+    assert all(c.get("why_reported_only") for c in claims if not c["asserted"]), json.dumps(claims, indent=1)
+    print(f"{notebook.stem}: {len(asserted)} asserted claims hold in quick ({len(claims) - len(asserted)} "
+          f"reported only), {recorded['seconds']:.0f} s")
 
 
 EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if '"solution"' in p.read_text()]
