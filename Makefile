@@ -24,7 +24,7 @@ $(READY): pyproject.toml $(CONSTRAINTS)
 ## run: execute every notebook in the quick profile into runs/<timestamp>/ and write the report,
 ## JOBS notebooks at a time: 1 = one kernel using every core; 2 = two kernels with cores / 2 threads
 ## each (shared checkpoints are still built once). The default is whichever measured faster.
-JOBS ?= 1
+JOBS ?= 2
 run: $(READY)
 	$(PY) -m helpers.run --profile $(PROFILE) --jobs $(JOBS) $(ARGS)
 

@@ -38,6 +38,34 @@ from .plan import Job, Plan
 Executor = Callable[[Plan, Sequence[int], Any, Callable[[int], None]], None]
 
 
+def reads_siblings(job: Job, _cache: dict[Path, bool] = {}) -> bool:
+    """Does ``job``'s notebook read what the other notebooks of its batch recorded
+    (:func:`helpers.results.sibling`, e.g. the summary)? Then it must run after them."""
+    path = Path(job.notebook)
+    if path not in _cache:
+        try:
+            _cache[path] = "sibling(" in path.read_text()
+        except OSError:
+            _cache[path] = False
+    return _cache[path]
+
+
+def next_ready(plan: Plan, queue: Sequence[int], running: Sequence[int]) -> int | None:
+    """The position in ``queue`` of the first job that may start now, or ``None``.
+
+    A job that reads its siblings' results waits until every other job of the same sweep point has
+    ended (queued or running ones would be missing from what it reads); the others start in order.
+    """
+    for pos, i in enumerate(queue):
+        job = plan.jobs[i]
+        if not reads_siblings(job):
+            return pos
+        if not any(j != i and plan.jobs[j].point == job.point and not reads_siblings(plan.jobs[j])
+                   for j in [*queue, *running]):
+            return pos
+    return None
+
+
 def serial(plan: Plan, todo: Sequence[int], progress: Any, done: Callable[[int], None]) -> None:
     """Run the jobs ``todo`` one after another in this process (and its kernel)."""
     for i in todo:
@@ -84,7 +112,10 @@ def processes(plan: Plan, todo: Sequence[int], progress: Any, done: Callable[[in
     try:
         while queue or running:
             while queue and len(running) < workers:
-                i = queue.pop(0)
+                pos = next_ready(plan, queue, [i for i, _ in running.values()])
+                if pos is None:  # only a summary is left, and what it reads is still running
+                    break
+                i = queue.pop(pos)
                 slot = min(set(range(workers)) - set(slots.values()))
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, name=f"run {plan.jobs[i].name}",
@@ -282,7 +313,10 @@ class DaskExecutor:
                 # Each task goes to a worker thread that is free now, and only there: it never waits
                 # behind another task on a worker that may die (it would fail with it: no retries).
                 for address in self._free_slots([a for _, a in running.values()])[:len(queue)]:
-                    i = queue.pop(0)
+                    pos = next_ready(plan, queue, [i for i, _ in running.values()])
+                    if pos is None:  # a summary waits for the notebooks it reads
+                        break
+                    i = queue.pop(pos)
                     future = self.client.submit(
                         _dask_task, plan.jobs[i], plan.out, plan.timeout, self.threads, self.gpus,
                         key=f"{plan.jobs[i].name}-{token}", pure=False, retries=0,

@@ -189,16 +189,19 @@ def sensitivity(curve: pd.Series, tolerance: float) -> dict[str, float]:
             "good_low": low, "good_high": high, "span_decades": math.log10(high / low)}
 
 
-def in_good_region(lr: float, region: Mapping[str, float], grid: Sequence[float]) -> bool:
-    """Does ``lr`` fall within the good region, give or take half a grid step (in log space)?
+def in_good_region(lr: float, region: Mapping[str, float], grid: Sequence[float], reach: float = 0.5) -> bool:
+    """Does ``lr`` fall within the good region, widened by ``reach`` grid steps (in log space)?
 
-    A sweep only knows the rates it tried: a rate between a good grid point and its bad neighbour is
-    unknown territory, so the region is widened by half the grid's spacing on each side.
+    A sweep only knows the rates it tried: a rate between a good grid point and its worse neighbour
+    is unknown territory. ``reach=0.5`` widens the region by half the grid's spacing on each side;
+    anything below 1 stays short of the neighbouring rates the sweep found worse.
     """
+    if not 0 <= reach < 1:
+        raise ValueError(f"'reach'={reach!r} is not allowed: expected a fraction of a grid step in [0, 1)")
     logs = np.log10(sorted(grid))
-    half = float(np.min(np.diff(logs))) / 2 if len(logs) > 1 else 0.25
+    widen = reach * (float(np.min(np.diff(logs))) if len(logs) > 1 else 0.5)
     x = math.log10(lr)
-    return math.log10(region["good_low"]) - half <= x <= math.log10(region["good_high"]) + half
+    return math.log10(region["good_low"]) - widen <= x <= math.log10(region["good_high"]) + widen
 
 
 # --- the learning-rate range test -----------------------------------------------------------------

@@ -70,6 +70,10 @@ def test_sensitivity_counts_the_good_region():
     grid = list(curve.index)
     assert hp.in_good_region(1e-3, s, grid) and hp.in_good_region(4e-3, s, grid)  # within half a step
     assert not hp.in_good_region(1e-2, s, grid) and not hp.in_good_region(1e-4, s, grid)
+    assert not hp.in_good_region(7e-3, s, grid) and hp.in_good_region(7e-3, s, grid, reach=0.9)
+    assert not hp.in_good_region(1e-2, s, grid, reach=0.9)  # a rate the sweep found worse never counts
+    with pytest.raises(ValueError, match="'reach'=1"):
+        hp.in_good_region(1e-3, s, grid, reach=1)
 
 
 def test_suggest_lr_reads_a_synthetic_range_test():

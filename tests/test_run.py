@@ -355,3 +355,23 @@ def test_time_profile_adds_kernel_start_parameters_and_the_rest():
     table = profile_markdown({"out": "/x/runs/b", "profile": "quick", "wall_s": 10.0,
                               "runs": [{"name": "03_x", "status": "ok", "wall_s": 10.0, "sections": profile}]})
     assert "| kernel start | 2.50 | 25% |" in table and "## 03_x (ok, 10.0 s)" in table
+
+
+def test_a_summary_waits_for_the_notebooks_it_reads(tmp_path):
+    """With --jobs N (or Dask) a notebook that reads its siblings' results starts only when every
+    other notebook of its sweep point has ended; the rest start in order."""
+    from helpers.executors import next_ready
+
+    reader = _notebook(tmp_path / "11_summary.ipynb", "from helpers import results\nresults.sibling('03_')\n")
+    plain = _notebook(tmp_path / "03_plain.ipynb", GOOD)
+
+    def job(path, seed):
+        return plan.Job(notebook=path, name=f"{path.stem}__seed={seed}", point={"seed": seed}, parameters={},
+                        cwd=tmp_path)
+
+    jobs = [job(plain, 0), job(reader, 0), job(plain, 1), job(reader, 1)]
+    the_plan = type("P", (), {"jobs": jobs})()
+    assert next_ready(the_plan, [1, 2, 3], running=[0]) == 1      # seed 0's summary waits; seed 1's plain goes
+    assert next_ready(the_plan, [1, 3], running=[0, 2]) is None   # both summaries wait for their plain runs
+    assert next_ready(the_plan, [1, 3], running=[2]) == 0         # seed 0's plain run ended: its summary starts
+    assert next_ready(the_plan, [3], running=[1]) == 0            # another summary running does not block
