@@ -283,7 +283,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "forgetting_budget": 100, "stream_steps": 25, "replay_fraction": 0.05, "l2sp_strength": 1.0,
               "ewc_strength": 1.0, "lwf_strength": 1.0, "multitask_ratio": 1.0, "specialise_steps": 30, "specialise_batch_size": 8,
               "eval_blocks": 128, "compare_budget": 10, "convergence_budget": 10, "shift_budget": 30,
-              "glyph_classes": 40, "glyphs_per_class": 250,
+              "glyph_classes": 40, "glyphs_per_class": 500,
               "text_chars": 2_000_000, "vocab_size": 2_000, "seq_len": 128, "epochs": 4,
               "batch_size": 128, "lr": 3e-3, "width": 16, "bench_steps": 18,
               "gpt_width": 64, "gpt_layers": 2, "gpt_heads": 2, "text_batch_size": 16, "mlm_epochs": 1,
