@@ -25,6 +25,7 @@ processes and machines. :func:`choose` picks the executor for a plan.
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -38,16 +39,18 @@ from .plan import Job, Plan
 Executor = Callable[[Plan, Sequence[int], Any, Callable[[int], None]], None]
 
 
-def reads_siblings(job: Job, _cache: dict[Path, bool] = {}) -> bool:
+@functools.lru_cache(maxsize=None)
+def _reads_siblings(notebook: Path) -> bool:
+    try:
+        return "sibling(" in notebook.read_text()
+    except OSError:
+        return False
+
+
+def reads_siblings(job: Job) -> bool:
     """Does ``job``'s notebook read what the other notebooks of its batch recorded
     (:func:`helpers.results.sibling`, e.g. the summary)? Then it must run after them."""
-    path = Path(job.notebook)
-    if path not in _cache:
-        try:
-            _cache[path] = "sibling(" in path.read_text()
-        except OSError:
-            _cache[path] = False
-    return _cache[path]
+    return _reads_siblings(Path(job.notebook))
 
 
 def next_ready(plan: Plan, queue: Sequence[int], running: Sequence[int]) -> int | None:
