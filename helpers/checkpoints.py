@@ -311,7 +311,7 @@ def load_or_train(kind: str, config: Mapping[str, Any], model: torch.nn.Module,
     (see :func:`load_or_build`), so it is trained once.
     """
     def save(summary: Mapping[str, Any], staging: Path) -> None:
-        save_model(model, str(staging / WEIGHTS))  # handles tied weights (GPT-2 lm_head)
+        save_model(model, str(staging / WEIGHTS), force_contiguous=True)  # handles tied weights (GPT-2 lm_head)
         atomic_write_json(staging / "summary.json", summary)
 
     def load(folder: Path) -> dict[str, Any]:

@@ -101,8 +101,11 @@ def batch_loss(model: nn.Module, batch: Data, task: str) -> tuple[torch.Tensor, 
         inputs, targets = batch[:, :-1], batch[:, 1:].reshape(-1)
         logits = _forward(model, inputs)
         flat = logits.reshape(-1, logits.size(-1)).float()  # a no-op in fp32; under bf16 the loss
-        loss = F.cross_entropy(flat, targets)  # and the argmax read the same fp32 copy (an argmax
-        correct = (flat.argmax(-1) == targets).sum()  # over bf16 on a CPU is several times slower)
+        loss = F.cross_entropy(flat, targets)  # and the prediction read the same fp32 copy
+        # max(-1).indices, not argmax(-1): the same prediction, but on a CPU argmax over a large
+        # vocabulary is about 3x slower (7 vs 2.4 ms for 2,048 tokens x 2,000 at one thread, 15% of
+        # a training step of the quick GPT)
+        correct = (flat.max(-1).indices == targets).sum()
         return loss, correct, targets.numel()
     inputs, labels = batch
     logits = _forward(model, inputs)
