@@ -19,13 +19,16 @@ set) so they share the cores instead of fighting over them, and with several GPU
 its own, round-robin (:func:`gpu_for`, through ``CUDA_VISIBLE_DEVICES``). Shared checkpoints are
 safe wherever the kernels run, as long as they share the store:
 :func:`helpers.checkpoints.load_or_train` builds each one once, under a lock that holds across
-processes and machines. :func:`choose` picks the executor for a plan.
+processes and machines. Both parallel executors start jobs in :func:`start_order` (the longest
+chain of waiting notebooks first) and hold back a job that would only wait (:func:`next_ready`).
+:func:`choose` picks the executor for a plan.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import multiprocessing
 import os
 import signal
@@ -53,18 +56,76 @@ def reads_siblings(job: Job) -> bool:
     return _reads_siblings(Path(job.notebook))
 
 
+@functools.lru_cache(maxsize=None)
+def _needs(notebook: Path) -> tuple[str, ...]:
+    try:
+        meta = json.loads(notebook.read_text()).get("metadata", {})
+    except (OSError, ValueError):
+        return ()
+    return tuple(meta.get("workbook", {}).get("needs", ()))
+
+
+def needs(job: Job) -> tuple[str, ...]:
+    """The notebooks (stems, e.g. ``01_pretrain_cnn``) whose shared checkpoints ``job``'s notebook
+    loads: its metadata's ``workbook.needs``. With ``--jobs N`` it starts after them rather than
+    beside them, where it would only wait, idle, on the checkpoint's lock while they build it."""
+    return _needs(Path(job.notebook))
+
+
+#: Seconds of each notebook (by number) in ``quick``, cold, at one thread beside another notebook
+#: (measured 2026-12-02, ``make run``): only the order they imply matters, for :func:`start_order`.
+#: A notebook not named here counts :data:`DEFAULT_EXPECTED_S`.
+EXPECTED_S: dict[str, float] = {"00": 20, "01": 235, "02": 272, "03": 175, "04": 127, "05": 153, "06": 101,
+                                "07": 49, "08": 161, "09": 95, "10": 135, "11": 16}
+DEFAULT_EXPECTED_S = 60.0
+
+
+def expected_seconds(job: Job) -> float:
+    """How long ``job`` is expected to take (:data:`EXPECTED_S`), for ordering only."""
+    return EXPECTED_S.get(Path(job.notebook).stem.split("_", 1)[0], DEFAULT_EXPECTED_S)
+
+
+def _waits_for(plan: Plan, i: int, j: int) -> bool:
+    """Must job ``i`` wait until job ``j`` (of the same sweep point) has ended?"""
+    a, b = plan.jobs[i], plan.jobs[j]
+    if i == j or a.point != b.point:
+        return False
+    if reads_siblings(a):
+        return not reads_siblings(b)
+    return Path(b.notebook).stem in needs(a)
+
+
+def start_order(plan: Plan, todo: Sequence[int],
+                seconds: Callable[[Job], float] = expected_seconds) -> list[int]:
+    """``todo`` in the order to start them when several run at once: the longest chain first.
+
+    List scheduling by critical path: a job's priority is its own expected seconds plus the longest
+    chain of jobs that wait for it (:func:`needs`, :func:`reads_siblings`). So the notebooks that
+    build checkpoints for many others start first, a long independent one (10_scale) starts early
+    instead of running alone at the end, and short ones fill the gaps. Ties keep the plan's order.
+    """
+    todo = list(todo)
+    chain: dict[int, float] = {}
+
+    def length(i: int, seen: frozenset[int] = frozenset()) -> float:
+        if i not in chain:
+            after = [length(j, seen | {i}) for j in todo if j not in seen | {i} and _waits_for(plan, j, i)]
+            chain[i] = seconds(plan.jobs[i]) + max(after, default=0.0)
+        return chain[i]
+
+    return sorted(todo, key=lambda i: -length(i))
+
+
 def next_ready(plan: Plan, queue: Sequence[int], running: Sequence[int]) -> int | None:
     """The position in ``queue`` of the first job that may start now, or ``None``.
 
-    A job that reads its siblings' results waits until every other job of the same sweep point has
-    ended (queued or running ones would be missing from what it reads); the others start in order.
+    A job waits while a job it waits for is queued or running: a notebook that reads its siblings'
+    results (the summary) for every other notebook of its sweep point; a notebook that loads
+    another's checkpoints (:func:`needs`) for that one. The others start in queue order.
     """
+    pending = [*queue, *running]
     for pos, i in enumerate(queue):
-        job = plan.jobs[i]
-        if not reads_siblings(job):
-            return pos
-        if not any(j != i and plan.jobs[j].point == job.point and not reads_siblings(plan.jobs[j])
-                   for j in [*queue, *running]):
+        if not any(_waits_for(plan, i, j) for j in pending):
             return pos
     return None
 
@@ -109,7 +170,7 @@ def processes(plan: Plan, todo: Sequence[int], progress: Any, done: Callable[[in
     workers = min(plan.parallel, len(todo))
     threads = _threads(workers)
     gpus = visible_gpus()
-    queue, running = list(todo), {}
+    queue, running = start_order(plan, todo), {}
     slots: dict[Any, int] = {}  # worker slot 0..workers-1 of each running process: picks its GPU
     progress.set_description(f"{workers} at a time")
     try:
@@ -309,7 +370,7 @@ class DaskExecutor:
 
         progress.set_description(f"{self.label}, {self.workers} worker{'s' * (self.workers > 1)}")
         token = os.urandom(4).hex()  # keys unique on a scheduler shared by several batches
-        queue = list(todo)
+        queue = start_order(plan, todo)
         running: dict[Any, tuple[int, str]] = {}  # future -> (job index, worker address)
         try:
             while queue or running:

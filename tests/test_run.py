@@ -375,3 +375,57 @@ def test_a_summary_waits_for_the_notebooks_it_reads(tmp_path):
     assert next_ready(the_plan, [1, 3], running=[0, 2]) is None   # both summaries wait for their plain runs
     assert next_ready(the_plan, [1, 3], running=[2]) == 0         # seed 0's plain run ended: its summary starts
     assert next_ready(the_plan, [3], running=[1]) == 0            # another summary running does not block
+
+
+
+def test_a_notebook_waits_for_the_notebooks_whose_checkpoints_it_loads(tmp_path):
+    """``workbook.needs`` in a notebook's metadata: it starts only after those notebooks (of its
+    sweep point) have ended, instead of waiting on a checkpoint's lock beside them."""
+    from helpers.executors import needs, next_ready
+
+    producer = _notebook(tmp_path / "01_make.ipynb", GOOD)
+    user = _notebook(tmp_path / "03_use.ipynb", GOOD)
+    other = _notebook(tmp_path / "04_other.ipynb", GOOD)
+    nb = nbformat.read(user, as_version=4)
+    nb.metadata["workbook"] = {"needs": ["01_make"]}
+    nbformat.write(nb, user)
+    jobs = [plan.Job(notebook=p, name=f"{p.stem}__seed={s}", point={"seed": s}, parameters={}, cwd=tmp_path)
+            for s in (0, 1) for p in (producer, user, other)]
+    the_plan = type("P", (), {"jobs": jobs})()
+    assert needs(jobs[1]) == ("01_make",) and needs(jobs[2]) == ()
+    assert next_ready(the_plan, [1, 2], running=[0]) == 1      # 03 waits for 01 of its seed; 04 goes
+    assert next_ready(the_plan, [1], running=[0, 3]) is None     # 01 of seed 1 running does not matter...
+    assert next_ready(the_plan, [1, 4], running=[0]) == 1       # ...but seed 1's 03 waits for its own 01 (3)
+    assert next_ready(the_plan, [1, 4], running=[3]) == 0       # seed 0's 01 ended: its 03 starts
+
+
+def test_the_longest_chain_starts_first(tmp_path):
+    """start_order: critical-path list scheduling. The notebook others wait for starts first, a long
+    independent one before short ones, the summary last; ties keep the plan's order."""
+    from helpers.executors import start_order
+
+    names = {"00_tour": 20, "01_make": 200, "03_use": 100, "05_long": 150, "07_short": 30, "11_summary": 10}
+    paths = {n: _notebook(tmp_path / f"{n}.ipynb", GOOD if n != "11_summary" else
+                          "from helpers import results\nresults.sibling('03_')\n") for n in names}
+    nb = nbformat.read(paths["03_use"], as_version=4)
+    nb.metadata["workbook"] = {"needs": ["01_make"]}
+    nbformat.write(nb, paths["03_use"])
+    jobs = [plan.Job(notebook=p, name=n, point={}, parameters={}, cwd=tmp_path) for n, p in paths.items()]
+    the_plan = type("P", (), {"jobs": jobs})()
+    order = start_order(the_plan, range(len(jobs)), seconds=lambda job: names[Path(job.notebook).stem])
+    assert [jobs[i].name for i in order] == ["01_make", "05_long", "03_use", "07_short", "00_tour", "11_summary"]
+
+
+def test_every_notebook_needs_only_earlier_notebooks_that_exist():
+    """The workbook's own ``workbook.needs``: each names an existing notebook with a smaller number
+    (no cycle can leave --jobs waiting forever)."""
+    from helpers.executors import needs
+
+    notebooks = sorted((Path(__file__).parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    stems = [p.stem for p in notebooks]
+    seen = 0
+    for p in notebooks:
+        for need in needs(plan.Job(notebook=p, name=p.stem, point={}, parameters={}, cwd=p.parent)):
+            seen += 1
+            assert need in stems and need < p.stem, f"{p.name}: workbook.needs names {need!r}"
+    assert seen >= 7
