@@ -377,7 +377,6 @@ def test_a_summary_waits_for_the_notebooks_it_reads(tmp_path):
     assert next_ready(the_plan, [3], running=[1]) == 0            # another summary running does not block
 
 
-
 def test_a_notebook_waits_for_the_notebooks_whose_checkpoints_it_loads(tmp_path):
     """``workbook.needs`` in a notebook's metadata: it starts only after those notebooks (of its
     sweep point) have ended, instead of waiting on a checkpoint's lock beside them."""
