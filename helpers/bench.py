@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .checkpoints import atomic_write_bytes, atomic_write_json, repo_root
 from .config import pick_device
 from .models import SmallResNet, count_parameters, tiny_gpt
-from .train import _forward, attention_kernels, bf16_supported, train
+from .train import _forward, attention_kernels, bf16_supported, fused_adam, train
 
 # A matmul big enough to reach the device's peak: small on a CPU, large on a GPU (an H100/H200
 # needs thousands of rows before launch overheads stop counting).
@@ -71,9 +71,10 @@ def bare_loop(model: torch.nn.Module, batches: list[Any], task: str, bf16: bool)
 
     It picks the same attention kernels as :func:`helpers.train.train`
     (:func:`helpers.train.attention_kernels`): which kernel computes attention belongs to the model,
-    so helpers/bare measures the loop's own overhead only."""
+    so helpers/bare measures the loop's own overhead only; for the same reason it uses the same
+    optimizer kernel (:func:`helpers.train.fused_adam`)."""
     device = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **fused_adam(device))
     model.train()
     synchronize(device)
     start = time.perf_counter()

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .config import check_knob
-from .models import SmallResNet, count_parameters, new_head, set_trainable
+from .models import SmallResNet, count_parameters, for_inference, new_head, set_trainable
 from .train import Data, History, default_param_groups, train, train_mode
 
 if TYPE_CHECKING:
@@ -101,12 +101,13 @@ class GradualUnfreezing:
 
 
 @torch.no_grad()
-def extract_features(model: SmallResNet, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def extract_features(model: SmallResNet, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Backbone features in eval mode (BatchNorm uses its pretrained statistics)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = torch.cat([model.features(images[i:i + batch_size].to(device)).float().cpu()
+    folded = for_inference(model)  # a SmallResNet: a copy with BatchNorm folded into its convolutions
+    out = torch.cat([folded.features(images[i:i + batch_size].to(device)).float().cpu()
                      for i in range(0, len(images), batch_size)])
     model.train(was_training)
     return out

@@ -36,7 +36,7 @@ from torch import nn
 
 from .config import check_knob
 from .finetuning import HIGH_LR_FACTOR, epochs_for, units_top_down
-from .models import SmallResNet, new_head, set_trainable
+from .models import SmallResNet, for_inference, new_head, set_trainable
 from .train import Data, History, default_param_groups, train
 
 Labelled = tuple[torch.Tensor, torch.Tensor]  # images and their labels
@@ -206,7 +206,7 @@ class LwF:
 
     def __init__(self, teacher: nn.Module, old_head: nn.Module | None, strength: float = 1.0,
                  temperature: float = LWF_TEMPERATURE):
-        self.teacher = copy.deepcopy(teacher).eval()
+        self.teacher = for_inference(copy.deepcopy(teacher).eval())  # BatchNorm folded: it only infers
         set_trainable(self.teacher, False)
         self.old_head, self.strength, self.temperature = old_head, strength, temperature
 

@@ -265,3 +265,64 @@ def test_bf16_attention_kernel_choice_computes_the_same_and_eval_leaves_training
     history = train(model, blocks, blocks[:2], task="lm", epochs=2, batch_size=4, bf16=True, progress=False)
     assert [r["epoch"] for r in history.rows] == [1, 2] and math.isfinite(history.last("val_loss"))
     assert math.isfinite(evaluate(model, blocks, task="lm", bf16=True)["loss"])
+
+
+def test_for_inference_folds_batchnorm_without_changing_the_function():
+    from helpers.models import for_inference
+
+    model, _ = _run()  # trained: BatchNorm's running statistics are far from 0 and 1
+    model.eval()
+    folded = for_inference(model)
+    assert folded is not model and model.training is False
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    images, labels = _images(64, seed=3)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(images), model(images), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(folded.features(images), model.features(images), atol=1e-5, rtol=1e-4)
+    # evaluate() scores the folded copy and leaves the model itself as it was (here: training mode)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scored = evaluate(model, (images, labels))
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    with torch.inference_mode():
+        expected = (model(images).argmax(-1) == labels).float().mean().item()
+    assert scored["acc"] == pytest.approx(expected)
+    gpt = tiny_gpt(300, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    assert for_inference(gpt) is gpt  # only the small CNN is folded; anything else is scored as it is
+
+
+def test_fused_adam_is_the_same_update():
+    from helpers.train import fused_adam
+
+    assert fused_adam("cpu") == {"fused": True}
+    torch.manual_seed(0)
+    a = SmallResNet(4, width=4, stages=2)
+    b = SmallResNet(4, width=4, stages=2)
+    b.load_state_dict(a.state_dict())
+    opts = [torch.optim.AdamW(a.parameters(), lr=1e-2, weight_decay=0.1),
+            torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.1, **fused_adam("cpu"))]
+    images, labels = _images(32)
+    for _ in range(3):
+        for model, opt in zip((a, b), opts):
+            opt.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            opt.step()
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_next_token_loss_matches_cross_entropy_in_value_and_gradient():
+    from helpers.train import next_token_loss
+
+    torch.manual_seed(0)
+    logits = (torch.randn(64, 50) * 4).requires_grad_()
+    targets = torch.randint(0, 50, (64,))
+    ours = next_token_loss(logits, targets)
+    (grad,) = torch.autograd.grad(ours * 3.0, logits)
+    reference = F.cross_entropy(logits, targets)
+    (expected,) = torch.autograd.grad(reference * 3.0, logits)
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grad, expected)
+    with torch.inference_mode():  # evaluation calls it without autograd
+        torch.testing.assert_close(next_token_loss(logits.detach(), targets), reference.detach())
