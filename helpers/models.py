@@ -91,8 +91,9 @@ def for_inference(model: nn.Module) -> nn.Module:
 
     In eval mode BatchNorm is a fixed per-channel scale and shift, so it can be merged into the
     convolution before it (weights scaled, a bias added): the same function, up to float rounding,
-    with a third fewer passes over the activations -- on a CPU about 2x faster inference for this
-    network. Any other model is returned unchanged (evaluate it as it is).
+    with a third fewer passes over the activations -- on a CPU about 1.4x faster inference for this
+    network (2,000 digits at one thread, bf16: 145 vs 205 ms). Any other model is returned
+    unchanged (evaluate it as it is).
     """
     if not isinstance(model, SmallResNet):
         return model

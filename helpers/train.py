@@ -21,6 +21,9 @@ What it does for you, so notebooks stay short:
   copying the loop.
 
 It avoids host syncs it does not need: losses are summed on the device and read once per epoch.
+And it uses the fast kernels where they compute the same thing: fused AdamW (:func:`fused_adam`),
+a next-token loss with a one-pass backward (:func:`next_token_loss`), and evaluation of the small
+CNN with BatchNorm folded into its convolutions (:func:`helpers.models.for_inference`).
 """
 
 from __future__ import annotations
