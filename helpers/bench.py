@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from .checkpoints import atomic_write_bytes, atomic_write_json, repo_root
 from .config import pick_device
 from .models import SmallResNet, count_parameters, tiny_gpt
-from .train import _forward, attention_kernels, bf16_supported, fused_adam, train
 from .text.lm import FAST_GPT
+from .train import _forward, attention_kernels, bf16_supported, fused_adam, train
 
 # A matmul big enough to reach the device's peak: small on a CPU, large on a GPU (an H100/H200
 # needs thousands of rows before launch overheads stop counting).

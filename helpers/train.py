@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoints import CorruptArtifact, atomic_write_bytes, atomic_write_json, sha256_file
+from .models import for_inference
 
 Data = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
 Penalty = Callable[[nn.Module], torch.Tensor]
@@ -170,8 +171,6 @@ def evaluate(model: nn.Module, data: Data, task: str = "classify", batch_size: i
     Runs under ``torch.inference_mode`` (no autograd bookkeeping at all, cheaper than ``no_grad``)
     in batches of ``batch_size``; losses and counts are summed on the device and read once.
     """
-    from .models import for_inference
-
     device = torch.device(device) if device else next(model.parameters()).device
     bf16 = bf16 and bf16_supported(device)
     was_training, original = model.training, model
