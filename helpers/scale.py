@@ -35,7 +35,7 @@ import torch
 
 from . import config, data
 from .checkpoints import load_or_train
-from .models import SmallResNet, count_parameters
+from .models import RESNET_VERSION, SmallResNet, count_parameters
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,6 +73,16 @@ def epochs_for_images(train_images: int, images: int) -> int:
     return max(1, round(images / train_images))
 
 
+def glyph_pretrain_config(params: Mapping[str, Any], glyph_classes: int, glyphs_per_class: int,
+                          seed: int) -> dict[str, Any]:
+    """Everything that determines one scale-study pretraining's weights (its checkpoint's key)."""
+    return {"version": SCALE_VERSION, "objective": "supervised", "resnet": RESNET_VERSION,
+            "glyph_classes": glyph_classes, "glyphs_per_class": glyphs_per_class,
+            "images_processed": params["scale_pretrain_images"], "seed": seed,
+            "batch_size": params["scale_batch_size"],
+            **{k: params[k] for k in ("width", "lr", "bf16", "weight_decay")}}
+
+
 def pretrain_glyphs(params: Mapping[str, Any], glyph_classes: int, glyphs_per_class: int, seed: int,
                     device: torch.device | str = "cpu", progress: bool = False) -> tuple[SmallResNet, dict[str, Any]]:
     """The small ResNet pretrained (supervised) on ``glyph_classes x glyphs_per_class`` generated glyphs.
@@ -88,10 +98,7 @@ def pretrain_glyphs(params: Mapping[str, Any], glyph_classes: int, glyphs_per_cl
     from .vision import PRETRAIN_SPLIT, forward_flops
 
     budget = params["scale_pretrain_images"]
-    key = {"version": SCALE_VERSION, "objective": "supervised", "glyph_classes": glyph_classes,
-           "glyphs_per_class": glyphs_per_class, "images_processed": budget, "seed": seed,
-           "batch_size": params["scale_batch_size"],
-           **{k: params[k] for k in ("width", "lr", "bf16", "weight_decay")}}
+    key = glyph_pretrain_config(params, glyph_classes, glyphs_per_class, seed)
     images, labels = data.glyph_dataset(glyph_classes, glyphs_per_class, seed=seed)
     seen, held_out = data.stratified_split(labels, PRETRAIN_SPLIT, seed=seed)
     epochs = epochs_for_images(len(seen), budget)

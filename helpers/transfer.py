@@ -28,7 +28,7 @@ from torch import nn
 
 from . import config, data
 from .checkpoints import load_or_train
-from .models import SmallResNet, count_parameters
+from .models import RESNET_VERSION, SmallResNet, count_parameters
 from .vision import shift
 
 HARMFUL_VERSION = 1
@@ -120,7 +120,7 @@ def harmful_config(params: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Everything that determines the harmful pretrained weights (the checkpoint's key)."""
     keys = ("glyph_classes", "glyphs_per_class", "harmful_per_class", "harmful_epochs", "width", "lr",
             "batch_size", "seed", "bf16", "weight_decay")
-    return {"source": source, "version": HARMFUL_VERSION, **{k: params[k] for k in keys}}
+    return {"source": source, "version": HARMFUL_VERSION, "resnet": RESNET_VERSION, **{k: params[k] for k in keys}}
 
 
 def harmful_cnn(params: Mapping[str, Any], source: str = "shuffled_labels", device: torch.device | str = "cpu",

@@ -35,7 +35,7 @@ from . import data
 from .checkpoints import load_or_train
 from . import config
 from .finetuning import extract_features
-from .models import SmallResNet, count_parameters
+from .models import RESNET_VERSION, SmallResNet, count_parameters
 from .train import train
 
 if TYPE_CHECKING:
@@ -171,7 +171,8 @@ def pretrain_config(params: Mapping[str, Any], objective: str) -> dict[str, Any]
         raise ValueError(f"pretrained_cnn: objective={objective!r} is not allowed: expected one of {OBJECTIVES}")
     keys = ("glyph_classes", "glyphs_per_class", "width", "pretrain_epochs", "lr", "batch_size",
             "seed", "bf16", "target_dataset", "probe_per_class")
-    return {"objective": objective, "version": PRETRAIN_VERSION, **{k: params[k] for k in keys}}
+    return {"objective": objective, "version": PRETRAIN_VERSION, "resnet": RESNET_VERSION,
+            **{k: params[k] for k in keys}}
 
 
 def pretrained_cnn(params: Mapping[str, Any], objective: str = "supervised",

@@ -78,6 +78,29 @@ def test_forward_flops_counts_convolutions():
     assert vision.forward_flops(wide, example) > 3 * vision.forward_flops(small, example) > 0
 
 
+def test_the_stem_halves_the_resolution_and_each_later_stage_again():
+    from helpers.models import BasicBlock
+
+    model = SmallResNet(10, width=4)
+    sizes, x = [], torch.zeros(2, 1, 28, 28)
+    for layer in model.backbone:
+        x = layer(x)
+        if isinstance(layer, (torch.nn.ReLU, BasicBlock)):   # the stem ends in a ReLU, then one block per stage
+            sizes.append(x.shape[-1])
+    assert sizes == [14, 14, 7, 4]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_every_cnn_checkpoint_key_names_the_network_version():
+    from helpers import scale, transfer
+    from helpers.models import RESNET_VERSION
+
+    P = resolve("smoke", _record=False)
+    assert vision.pretrain_config(P, "supervised")["resnet"] == RESNET_VERSION
+    assert transfer.harmful_config(P, "shuffled_labels")["resnet"] == RESNET_VERSION
+    assert scale.glyph_pretrain_config(P, 10, 5, seed=0)["resnet"] == RESNET_VERSION
+
+
 def test_pretrained_cnn_trains_once_then_loads(store):
     P = resolve("smoke", glyph_classes=4, glyphs_per_class=10, _record=False)
     first, summary = vision.pretrained_cnn(P, "supervised", progress=False)
