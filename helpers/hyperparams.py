@@ -207,7 +207,7 @@ def in_good_region(lr: float, region: Mapping[str, float], grid: Sequence[float]
 # --- the learning-rate range test -----------------------------------------------------------------
 
 def lr_range_test(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], *, start_lr: float = 1e-6,
-                  end_lr: float = 1.0, steps: int = 100, batch_size: int = 32, seed: int = 0,
+                  end_lr: float = 10.0, steps: int = 100, batch_size: int = 32, seed: int = 0,
                   weight_decay: float = 0.0, stop_factor: float = 4.0, beta: float = 0.9,
                   device: torch.device | str = "cpu") -> pd.DataFrame:
     """Smith's learning-rate range test: one short run whose rate grows by the same factor each step.
@@ -217,7 +217,9 @@ def lr_range_test(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], *, 
     with an exponential moving average (``beta``, bias-corrected, as fastai does) and the run stops
     early once the smoothed loss exceeds ``stop_factor`` x its minimum: the rate is then far too
     high. ``model`` is trained in place (pass a copy). Returns one row per step: ``lr``, ``loss``,
-    ``smoothed``.
+    ``smoothed``. ``end_lr=10`` is fastai's default: a range that ends at 1 stopped a frozen backbone's
+    linear head (which tolerates high rates) before its loss turned up, so its minimum was the range's
+    end (see :func:`ran_past_minimum`).
     """
     import pandas as pd
 
@@ -278,6 +280,16 @@ def suggest_lr(curve: pd.DataFrame, skip_start: int = 5) -> dict[str, float]:
             "min_over_10": float(curve["lr"].iloc[int(curve["smoothed"].idxmin())] / 10)}
 
 
+def ran_past_minimum(curve: pd.DataFrame) -> bool:
+    """Did the range test's smoothed loss turn up before the test ended?
+
+    If its lowest loss is at the last step, the rate never got high enough to hurt: the minimum (and
+    ``min_over_10``) is only the range's end, a lower bound. Raise ``end_lr`` then.
+    """
+    curve = curve.reset_index(drop=True)
+    return int(curve["smoothed"].idxmin()) < len(curve) - 1
+
+
 def range_test_model(pretrained: SmallResNet, method: str, num_classes: int, seed: int) -> nn.Module:
     """The model a method's range test trains: the whole network (full_ft) or only its new head
     on frozen features (linear_probe; BatchNorm statistics stay pretrained)."""
@@ -291,7 +303,7 @@ def range_test_model(pretrained: SmallResNet, method: str, num_classes: int, see
 
 
 def lr_finder(sweep: Sweep, method: str, seed: int, *, steps: int, batch_size: int,
-              start_lr: float = 1e-6, end_lr: float = 1.0) -> tuple[pd.DataFrame, dict[str, float]]:
+              start_lr: float = 1e-6, end_lr: float = 10.0) -> tuple[pd.DataFrame, dict[str, float]]:
     """The range test of ``method`` on the sweep's data for ``seed``: its curve and suggestions."""
     data = sweep.task.budget(sweep.budget, seed)
     model = range_test_model(sweep.pretrained, method, sweep.task.num_classes, seed)

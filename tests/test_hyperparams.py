@@ -86,6 +86,9 @@ def test_suggest_lr_reads_a_synthetic_range_test():
     assert 5e-4 <= picks["min_over_10"] <= 2e-3
     with pytest.raises(ValueError, match="lr_finder_steps"):
         hp.suggest_lr(pd.DataFrame({"lr": lrs[:5], "smoothed": loss[:5]}))
+    assert hp.ran_past_minimum(pd.DataFrame({"lr": lrs, "smoothed": loss}))
+    # cut where the loss still falls: the lowest loss is the range's end, and min_over_10 only a lower bound
+    assert not hp.ran_past_minimum(pd.DataFrame({"lr": lrs[:60], "smoothed": loss[:60]}))
 
 
 def test_lr_range_test_grows_the_rate_and_stops_when_the_loss_explodes(tiny):
