@@ -200,8 +200,9 @@ def diagnose_run(history: Any, *, num_classes: int | None = None, explode_factor
 RECIPES: dict[str, dict[str, Any]] = {
     # a learning rate 300x too small for a few epochs: the model barely moves
     "under-fitting": {"lr_factor": 1 / 300, "epochs": 5, "per_class": 20, "schedule": "constant", "batch_size": 32},
-    # few labels, many epochs at a good rate: the training set is learnt by heart
-    "over-fitting": {"lr_factor": 1.0, "epochs": 12, "per_class": 3, "schedule": "constant", "batch_size": 10},
+    # one label per class, many epochs at a good rate: the training set is learnt by heart. (With three per
+    # class the stride-2 CNN's features reached ~0.9 validation accuracy on digits_sklearn: a gap of 0.1, no demo.)
+    "over-fitting": {"lr_factor": 1.0, "epochs": 12, "per_class": 1, "schedule": "constant", "batch_size": 10},
     # a rate 30x too high, held constant: the first steps overshoot, the loss jumps above chance
     "learning rate too high": {"lr_factor": 30.0, "epochs": 8, "per_class": 20, "schedule": "constant",
                                "batch_size": 32},
