@@ -47,20 +47,36 @@ def test_the_joint_loss_is_target_loss_plus_ratio_times_source_loss():
                                 seed=0)
 
 
+def stripes(n: int = 64, classes: int = 4, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A target that needs new features: the label is which pair of columns is bright, and a bright quadrant
+    (the source's cue) is drawn at random, unrelated to the label."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.rand(n, 1, 8, 8, generator=gen) * 0.3
+    quadrant = torch.randint(4, (n,), generator=gen)
+    for i in range(n):
+        q, c = int(quadrant[i]), int(labels[i])
+        images[i, :, (q // 2) * 4:(q // 2) * 4 + 4, (q % 2) * 4:(q % 2) * 4 + 4] += 0.7
+        images[i, :, :, 2 * c:2 * c + 2] += 0.7
+    return images, labels
+
+
 def test_multitask_keeps_the_source_task_that_naive_fine_tuning_forgets():
     reference = tiny(num_classes=4)
     source = toy_data(64, classes=4)
     train(reference, source, epochs=15, batch_size=16, lr=3e-2, seed=0, progress=False)
     assert evaluate(reference, source)["acc"] >= 0.9
-    target = toy_data(64, classes=4, seed=1)
-    target = (target[0].flip(-1), target[1])  # the same quadrants mirrored: a task that conflicts with the source
+    # Not the source's quadrants mirrored: the source's quadrant features already separate those, so a new head
+    # learns them without moving the backbone (with the stride-2 stem naive fine-tuning kept 1.0 of the source).
+    # Stripes need features the source never learnt: measured at seed 0, naive kept 0.50, multitask 0.91.
+    target = stripes()
     kept = {}
     for method in ("naive", "multitask"):
         model, old_head, _ = forgetting.finetune_remembering(method, reference, target, source=source, num_classes=4,
                                                              steps=40, lr=3e-2, batch_size=16, seed=0)
         kept[method] = evaluate(forgetting.with_head(model, old_head), source)["acc"]
         assert evaluate(model, target)["acc"] >= 0.7  # both learn the new task
-    assert kept["multitask"] >= 0.9 and kept["multitask"] >= kept["naive"] + 0.2
+    assert kept["multitask"] >= 0.8 and kept["multitask"] >= kept["naive"] + 0.3
 
 
 def test_ratio_zero_is_plain_fine_tuning():
