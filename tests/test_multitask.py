@@ -25,8 +25,14 @@ def toy_data(n: int = 48, classes: int = 4, seed: int = 0, offset: int = 0) -> t
     labels = torch.arange(n) % classes
     images = torch.rand(n, 1, 8, 8, generator=gen) * 0.3
     for c in range(classes):
-        images[labels == c, :, (c // 2) * 4:(c // 2) * 4 + 4, (c % 2) * 4:(c % 2) * 4 + 4] += 0.7
+        brighten_quadrant(images, labels == c, c)
     return images, labels + offset
+
+
+def brighten_quadrant(images: torch.Tensor, rows: torch.Tensor, quadrant: int) -> None:
+    """Add 0.7 to one 4x4 quadrant (0-3, row-major) of the chosen 8x8 images, in place."""
+    top, left = (quadrant // 2) * 4, (quadrant % 2) * 4
+    images[rows, :, top:top + 4, left:left + 4] += 0.7
 
 
 def test_the_joint_loss_is_target_loss_plus_ratio_times_source_loss():
@@ -54,10 +60,10 @@ def stripes(n: int = 64, classes: int = 4, seed: int = 1) -> tuple[torch.Tensor,
     labels = torch.arange(n) % classes
     images = torch.rand(n, 1, 8, 8, generator=gen) * 0.3
     quadrant = torch.randint(4, (n,), generator=gen)
-    for i in range(n):
-        q, c = int(quadrant[i]), int(labels[i])
-        images[i, :, (q // 2) * 4:(q // 2) * 4 + 4, (q % 2) * 4:(q % 2) * 4 + 4] += 0.7
-        images[i, :, :, 2 * c:2 * c + 2] += 0.7
+    for q in range(4):
+        brighten_quadrant(images, quadrant == q, q)
+    for c in range(classes):
+        images[labels == c, :, :, 2 * c:2 * c + 2] += 0.7
     return images, labels
 
 
