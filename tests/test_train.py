@@ -318,11 +318,24 @@ def test_next_token_loss_matches_cross_entropy_in_value_and_gradient():
     torch.manual_seed(0)
     logits = (torch.randn(64, 50) * 4).requires_grad_()
     targets = torch.randint(0, 50, (64,))
-    ours = next_token_loss(logits, targets)
+    ours, predicted = next_token_loss(logits, targets)
     (grad,) = torch.autograd.grad(ours * 3.0, logits)
     reference = F.cross_entropy(logits, targets)
     (expected,) = torch.autograd.grad(reference * 3.0, logits)
     torch.testing.assert_close(ours, reference)
     torch.testing.assert_close(grad, expected)
+    assert torch.equal(predicted, logits.argmax(-1)) and not predicted.requires_grad
     with torch.inference_mode():  # evaluation calls it without autograd
-        torch.testing.assert_close(next_token_loss(logits.detach(), targets), reference.detach())
+        torch.testing.assert_close(next_token_loss(logits.detach(), targets)[0], reference.detach())
+
+
+def test_next_token_loss_refuses_a_second_backward():
+    """The backward scales its saved buffer in place: a retained graph must not silently give a
+    wrong gradient the second time."""
+    from helpers.train import next_token_loss
+
+    logits = torch.randn(8, 5, requires_grad=True)
+    loss, _ = next_token_loss(logits, torch.randint(0, 5, (8,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()
