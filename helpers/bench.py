@@ -8,8 +8,8 @@ GPU when there is one, else Apple's GPU, else the CPU; ``--device cpu`` to choos
 * a small CNN and a tiny GPT trained by :func:`helpers.train.train` and by a bare hand-written
   loop on the same data, in examples (or tokens) per second, fp32 and bf16 autocast;
 * model FLOPs utilisation (MFU): achieved training FLOP/s over the *same device's* measured matmul
-  peak (never a CPU peak for a GPU run, nor a datasheet number; the higher of two measurements, one
-  at the start and one just before the GPT is timed), with the standard estimate training
+  peak (never a CPU peak for a GPU run, nor a datasheet number; the best of the samples taken at the
+  start and between the GPT's timed turns), with the standard estimate training
   FLOPs = 6 x parameters x tokens for the transformer.
 
 Results are printed as ratios (timings on shared machines are noisy; ratios within one run are
@@ -95,7 +95,11 @@ def bare_loop(model: torch.nn.Module, batches: list[Any], task: str, bf16: bool)
 
 
 def _compare(make_model: Callable[[], torch.nn.Module], data: Any, task: str, batch_size: int,
-             steps: int, bf16: bool, device: torch.device = torch.device("cpu")) -> dict[str, float]:
+             steps: int, bf16: bool, device: torch.device = torch.device("cpu"), rounds: int = 3,
+             between: Callable[[], None] | None = None) -> dict[str, float]:
+    """Examples (or tokens) per second of :func:`helpers.train.train` and of :func:`bare_loop` on the
+    same ``steps`` batches, in ``rounds`` alternating turns, each loop's best turn kept; ``between``
+    (if given) runs after every turn (the GPT rows sample the matmul peak there)."""
     n = steps * batch_size
     build = make_model
     make_model = lambda: build().to(device)  # noqa: E731
@@ -120,9 +124,11 @@ def _compare(make_model: Callable[[], torch.nn.Module], data: Any, task: str, ba
 
     # Alternate the two and keep each one's best time: other load on the machine hits both alike.
     bare, helpers_time = float("inf"), float("inf")
-    for _ in range(2):
+    for _ in range(rounds):
         bare = min(bare, bare_loop(make_model(), batches, task, bf16))
         helpers_time = min(helpers_time, helpers_loop())
+        if between is not None:
+            between()
     return {"bare_per_s": n * per_example / bare, "helpers_per_s": n * per_example / helpers_time,
             "helpers_over_bare": bare / helpers_time}
 
@@ -158,24 +164,26 @@ def run(steps: int = 30, threads: int = 0, device: str = "auto", peak_seconds: f
         report[f"cnn_{precision}"] = _compare(cnn, images, "classify", 128, steps, precision == "bf16", target)
     report["cnn_params"] = cnn_params
 
-    # The peak again, right before the GPT rows, and MFU over the higher of the two: on a shared
-    # machine the sustained clock drifts within minutes (1.8x between hours here), so a peak
-    # measured a minute earlier can sit low and flatter the MFU; the higher one never does.
-    for p in precisions:
-        again = matmul_peak(dtypes[p], seconds=peak_seconds, device=target)
-        report["matmul_gflops_samples"] = {**report.get("matmul_gflops_samples", {}), p: [peak[p], again]}
-        peak[p] = max(peak[p], again)
-
     vocab, seq = 2000, 128
     # the workbook's own GPT settings (helpers.text.lm.FAST_GPT: no key/value cache while training,
     # GELU as one fused kernel), at the reference shape of notebook 02's throughput table
     gpt = lambda: tiny_gpt(vocab, n_positions=seq, n_embd=128, n_layer=4, n_head=4, **FAST_GPT)  # noqa: E731
     gpt_params = count_parameters(gpt())
     tokens = torch.randint(0, vocab, (steps * 32, seq + 1))
+    # A shared machine's sustained speed drifts within minutes (here up to 1.4x between two runs a
+    # minute apart, 1.8x between hours): each GPT row keeps its best of several turns, and its MFU
+    # divides by the best peak seen from the start to that row's last turn, sampled between turns,
+    # so that a throughput from a fast minute is never set against a peak from a slow one.
+    samples: dict[str, list[float]] = {p: [peak[p]] for p in precisions}
     for precision in precisions:
-        row = _compare(gpt, tokens, "lm", 32, max(steps // 3, 2), precision == "bf16", target)
+        sample = lambda p=precision: samples[p].append(  # noqa: E731
+            matmul_peak(dtypes[p], seconds=peak_seconds / 2, device=target))
+        row = _compare(gpt, tokens, "lm", 32, max(steps // 3, 2), precision == "bf16", target, rounds=4,
+                       between=sample)
+        peak[precision] = max(samples[precision])
         row["mfu"] = 6 * gpt_params * row["helpers_per_s"] / (peak[precision] * 1e9)
         report[f"gpt_{precision}"] = row
+    report["matmul_gflops_samples"] = samples
     report["gpt_params"] = gpt_params
     if target.type == "cuda":
         report["cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(target) / 2**20
