@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -98,8 +99,9 @@ def _compare(make_model: Callable[[], torch.nn.Module], data: Any, task: str, ba
              steps: int, bf16: bool, device: torch.device = torch.device("cpu"), rounds: int = 3,
              between: Callable[[], None] | None = None) -> dict[str, float]:
     """Examples (or tokens) per second of :func:`helpers.train.train` and of :func:`bare_loop` on the
-    same ``steps`` batches, in ``rounds`` alternating turns, each loop's best turn kept; ``between``
-    (if given) runs after every turn (the GPT rows sample the matmul peak there)."""
+    same ``steps`` batches, in ``rounds`` rounds of one turn each (each loop's best turn kept), and
+    helpers/bare as :func:`paired_ratio` of the rounds; ``between`` (if given) runs after every round
+    (the GPT rows sample the matmul peak there)."""
     n = steps * batch_size
     build = make_model
     make_model = lambda: build().to(device)  # noqa: E731
@@ -122,15 +124,39 @@ def _compare(make_model: Callable[[], torch.nn.Module], data: Any, task: str, ba
         synchronize(device)
         return time.perf_counter() - start
 
-    # Alternate the two and keep each one's best time: other load on the machine hits both alike.
-    bare, helpers_time = float("inf"), float("inf")
-    for _ in range(rounds):
-        bare = min(bare, bare_loop(make_model(), batches, task, bf16))
-        helpers_time = min(helpers_time, helpers_loop())
+    # Alternate the two, swapping which goes first each round (neither always runs on a warmer
+    # machine). Throughput is each loop's best turn; the overhead ratio is taken within each round,
+    # between two turns a second apart, and the median over rounds is kept (paired_ratio).
+    bare_times: list[float] = []
+    helpers_times: list[float] = []
+    for i in range(rounds):
+        if i % 2:
+            helpers_times.append(helpers_loop())
+            bare_times.append(bare_loop(make_model(), batches, task, bf16))
+        else:
+            bare_times.append(bare_loop(make_model(), batches, task, bf16))
+            helpers_times.append(helpers_loop())
         if between is not None:
             between()
-    return {"bare_per_s": n * per_example / bare, "helpers_per_s": n * per_example / helpers_time,
-            "helpers_over_bare": bare / helpers_time}
+    return {"bare_per_s": n * per_example / min(bare_times), "helpers_per_s": n * per_example / min(helpers_times),
+            "helpers_over_bare": paired_ratio(bare_times, helpers_times),
+            "helpers_over_bare_rounds": [b / h for b, h in zip(bare_times, helpers_times)]}
+
+
+def paired_ratio(bare_times: list[float], helpers_times: list[float]) -> float:
+    """helpers/bare speed: the median over rounds of ``bare / helpers`` time, each round's two turns
+    run back to back.
+
+    Why not each loop's best turn over the other's: a shared machine's speed moves from one minute
+    to the next (1.4x between two runs a minute apart here), and a best-of picks each loop's
+    luckiest moment on its own, so one fast minute that fell on one loop's turn decides the ratio
+    (best-of-3 helpers/bare moved 0.86-1.10 between runs minutes apart; the loops' op-level CPU time
+    differed by ~2%). Within a round both turns see the same machine; the median drops a round that
+    a burst of other work split."""
+    if not bare_times or len(bare_times) != len(helpers_times):
+        raise ValueError(f"paired_ratio needs one helpers time per bare time, got {len(bare_times)} "
+                         f"and {len(helpers_times)}")
+    return statistics.median(b / h for b, h in zip(bare_times, helpers_times))
 
 
 def device_name(device: torch.device) -> str:
@@ -161,10 +187,9 @@ def run(steps: int = 30, threads: int = 0, device: str = "auto", peak_seconds: f
     cnn = lambda: SmallResNet(10, width=16)  # noqa: E731
     cnn_params = count_parameters(cnn())
     for precision in precisions:
-        # a CNN turn lasts well under a second, so noise decides a best-of-3: 6 turns (measured: helpers/bare
-        # 0.93-0.97 in best-of-3 runs, 1.02-1.10 in best-of-8 runs, minutes apart)
+        # a CNN turn lasts well under a second, so one round is noise: the median of 9 rounds
         report[f"cnn_{precision}"] = _compare(cnn, images, "classify", 128, steps, precision == "bf16", target,
-                                              rounds=6)
+                                              rounds=9)
     report["cnn_params"] = cnn_params
 
     vocab, seq = 2000, 128
@@ -174,14 +199,14 @@ def run(steps: int = 30, threads: int = 0, device: str = "auto", peak_seconds: f
     gpt_params = count_parameters(gpt())
     tokens = torch.randint(0, vocab, (steps * 32, seq + 1))
     # A shared machine's sustained speed drifts within minutes (here up to 1.4x between two runs a
-    # minute apart, 1.8x between hours): each GPT row keeps its best of several turns, and its MFU
+    # minute apart, 1.8x between hours): each GPT row keeps its best of five turns, and its MFU
     # divides by the best peak seen from the start to that row's last turn, sampled between turns,
     # so that a throughput from a fast minute is never set against a peak from a slow one.
     samples: dict[str, list[float]] = {p: [peak[p]] for p in precisions}
     for precision in precisions:
         sample = lambda p=precision: samples[p].append(  # noqa: E731
             matmul_peak(dtypes[p], seconds=peak_seconds / 2, device=target))
-        row = _compare(gpt, tokens, "lm", 32, max(steps // 3, 2), precision == "bf16", target, rounds=4,
+        row = _compare(gpt, tokens, "lm", 32, max(steps // 3, 2), precision == "bf16", target, rounds=5,
                        between=sample)
         peak[precision] = max(samples[precision])
         row["mfu"] = 6 * gpt_params * row["helpers_per_s"] / (peak[precision] * 1e9)

@@ -53,6 +53,20 @@ def test_compare_runs_both_loops_on_the_device():
     row = bench._compare(lambda: bench.SmallResNet(10, width=4), images, "classify", 8, 2, False,
                          torch.device("cpu"))
     assert row["bare_per_s"] > 0 and row["helpers_per_s"] > 0
+    assert len(row["helpers_over_bare_rounds"]) == 3  # one ratio per round, the default 3 rounds
+    assert row["helpers_over_bare"] == pytest.approx(sorted(row["helpers_over_bare_rounds"])[1])
+
+
+def test_paired_ratio_is_not_decided_by_one_fast_minute():
+    # the helpers loop is 2% slower in every round; one fast minute fell on bare's second turn only
+    bare = [1.00, 0.80, 1.00, 1.00, 1.00]
+    helpers = [1.02, 1.02, 1.02, 1.02, 1.02]
+    assert min(bare) / min(helpers) == pytest.approx(0.784, abs=1e-3)  # best over best: a 22% "overhead"
+    assert bench.paired_ratio(bare, helpers) == pytest.approx(1 / 1.02)
+    # and a real overhead is still seen when the machine drifts in between
+    assert bench.paired_ratio([1.0, 0.8, 1.2], [1.1, 0.88, 1.32]) == pytest.approx(1 / 1.1)
+    with pytest.raises(ValueError, match="one helpers time per bare time"):
+        bench.paired_ratio([1.0], [1.0, 1.0])
 
 
 def test_a_missing_device_is_a_clear_error():
