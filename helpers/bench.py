@@ -150,7 +150,7 @@ def paired_ratio(bare_times: list[float], helpers_times: list[float]) -> float:
     Why not each loop's best turn over the other's: a shared machine's speed moves from one minute
     to the next (1.4x between two runs a minute apart here), and a best-of picks each loop's
     luckiest moment on its own, so one fast minute that fell on one loop's turn decides the ratio
-    (best-of-3 helpers/bare moved 0.86-1.10 between runs minutes apart; the loops' op-level CPU time
+    (best-over-best helpers/bare moved 0.87-1.10 between runs minutes apart; the loops' op-level CPU time
     differed by ~2%). Within a round both turns see the same machine; the median drops a round that
     a burst of other work split."""
     if not bare_times or len(bare_times) != len(helpers_times):
