@@ -97,7 +97,7 @@ def bare_loop(model: torch.nn.Module, batches: list[Any], task: str, bf16: bool)
 
 def _compare(make_model: Callable[[], torch.nn.Module], data: Any, task: str, batch_size: int,
              steps: int, bf16: bool, device: torch.device = torch.device("cpu"), rounds: int = 3,
-             between: Callable[[], None] | None = None) -> dict[str, float]:
+             between: Callable[[], None] | None = None) -> dict[str, Any]:
     """Examples (or tokens) per second of :func:`helpers.train.train` and of :func:`bare_loop` on the
     same ``steps`` batches, in ``rounds`` rounds of one turn each (each loop's best turn kept), and
     helpers/bare as :func:`paired_ratio` of the rounds; ``between`` (if given) runs after every round
@@ -150,9 +150,10 @@ def paired_ratio(bare_times: list[float], helpers_times: list[float]) -> float:
     Why not each loop's best turn over the other's: a shared machine's speed moves from one minute
     to the next (1.4x between two runs a minute apart here), and a best-of picks each loop's
     luckiest moment on its own, so one fast minute that fell on one loop's turn decides the ratio
-    (best-over-best helpers/bare moved 0.87-1.10 between runs minutes apart; the loops' op-level CPU time
-    differed by ~2%). Within a round both turns see the same machine; the median drops a round that
-    a burst of other work split."""
+    (best-over-best helpers/bare moved 0.87-1.10 between runs minutes apart, while the helpers loop's
+    extra ops -- clipping, shuffling, accuracy -- cost ~0.5 ms of a 14-24 ms CNN step in the profiler).
+    Within a round both turns see the same machine; the median drops a round that a burst of other
+    work split."""
     if not bare_times or len(bare_times) != len(helpers_times):
         raise ValueError(f"paired_ratio needs one helpers time per bare time, got {len(bare_times)} "
                          f"and {len(helpers_times)}")
