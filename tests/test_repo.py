@@ -32,6 +32,19 @@ def test_notebooks_have_no_outputs_and_a_parameters_cell():
         assert "PROFILE" in "".join(tagged[0]["source"]), f"{path.name}: parameters cell lacks PROFILE"
 
 
+def test_notebooks_are_valid_nbformat_with_cell_ids():
+    """A cell without an id makes every run print nbformat's MissingIDFieldWarning (a hard error
+    in later nbformat versions): each notebook validates, and every cell carries a unique id."""
+    import nbformat
+
+    for path in NOTEBOOKS:
+        raw = json.loads(path.read_text())  # nbformat.reads would quietly add the missing ids
+        ids = [c.get("id") for c in raw["cells"]]
+        assert all(ids), f"{path.name}: cells {[i for i, x in enumerate(ids) if not x]} have no id"
+        assert len(set(ids)) == len(ids), f"{path.name}: cell ids repeat"
+        nbformat.validate(nbformat.from_dict(raw))
+
+
 def _requirement_names(reqs):
     return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower(): r.replace(" ", "") for r in reqs}
 
