@@ -120,10 +120,11 @@ def test_targets_check_the_speedup_and_loop_overhead():
 def test_notebook_times_take_each_notebooks_newest_plain_quick_run(tmp_path):
     import json
 
-    def batch(name, profile, runs, mtime):
+    def batch(name, profile, runs, mtime, jobs=1, wall=None):
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "batch.json").write_text(json.dumps({"profile": profile, "params": {}, "jobs": 1, "runs": runs}))
+        (folder / "batch.json").write_text(json.dumps({"profile": profile, "params": {}, "jobs": jobs,
+                                                       "wall_s": wall, "runs": runs}))
         import os
         os.utime(folder / "batch.json", (mtime, mtime))
 
@@ -140,8 +141,29 @@ def test_notebook_times_take_each_notebooks_newest_plain_quick_run(tmp_path):
         ("02_pretrain_transformer", 30.0, "old"), ("03_finetune_cnn", 70.0, "new")]  # failed, smoke, fewer steps: skipped
     assert rows[1]["budget_s"] == bench.BUDGETS_S["03"] and rows[1]["within_budget"] == (70.0 <= bench.BUDGETS_S["03"])
     text = bench.notebook_markdown(rows)
-    assert "| 03_finetune_cnn | 70.0 |" in text and "1 · Train 69.0 s" in text and "| all | 100.0 | 600 |" in text
+    assert "| 03_finetune_cnn | 70.0 | 1 |" in text and "1 · Train 69.0 s" in text
+    assert "| all (estimated: " in text and "| 100.0 | | 600 |" in text  # two batches, one at a time: the sum
     assert sum(bench.BUDGETS_S.values()) <= bench.WORKBOOK_BUDGET_S  # the notebooks' budgets fit the workbook's
+
+
+def test_notebook_budgets_scale_with_notebooks_at_a_time(tmp_path):
+    """Two notebooks at a time, each on half the cores, may each take twice its share of the wall
+    budget; the workbook is judged on the batch's own wall time, not on the sum of its notebooks."""
+    import json
+
+    share = bench.BUDGETS_S["02"]
+    runs = [{"name": stem, "notebook": stem, "status": "ok", "wall_s": seconds, "point": {}, "sections": []}
+            for stem, seconds in (("02_pretrain_transformer", 1.5 * share), ("03_finetune_cnn", 400.0))]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "batch.json").write_text(json.dumps({"profile": "quick", "params": {}, "jobs": 2,
+                                                           "wall_s": 590.0, "runs": runs}))
+    rows = bench.notebook_times(tmp_path)
+    assert [r["allowed_s"] for r in rows] == [2 * share, 2 * bench.BUDGETS_S["03"]]
+    assert [r["within_budget"] for r in rows] == [True, False]  # 1.5x its share fits at 2 at a time; 400 s does not
+    assert bench.workbook_wall(rows) == (590.0, True)
+    assert "| all (the batch's wall time) | 590.0 | | 600 | yes |" in bench.notebook_markdown(rows)
+    rows[0]["batch_wall_s"] = 700.0
+    assert "| 700.0 | | 600 | **no** |" in bench.notebook_markdown(rows)
 
 
 def test_notebooks_only_writes_the_table(tmp_path, monkeypatch, capsys):
