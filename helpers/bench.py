@@ -316,6 +316,7 @@ def notebook_times(runs: Path | None = None, profile: str = "quick") -> list[dic
                 "sections": run.get("sections") or [], "batch": index.parent.name,
                 "finished": run.get("finished"), "params": point,
                 "jobs": batch.get("jobs") or 1, "batch_wall_s": batch.get("wall_s"),
+                "batch_runs": len(batch.get("runs") or []),
                 "threads": (batch.get("environment") or {}).get("torch threads")}
     rows = [newest[name] for name in sorted(newest)]
     for row in rows:
@@ -326,10 +327,11 @@ def notebook_times(runs: Path | None = None, profile: str = "quick") -> list[dic
 
 def workbook_wall(rows: list[dict[str, Any]]) -> tuple[float, bool]:
     """The wall time the rows stand for, and whether it was measured: the batch's own wall time
-    when every row comes from one batch that recorded it, else each notebook's seconds divided by
-    the number of notebooks its batch ran at a time, summed (an estimate)."""
+    when every row comes from one batch that recorded it and ran nothing else (not a sweep), else
+    each notebook's seconds divided by the number of notebooks its batch ran at a time, summed (an
+    estimate)."""
     batches = {r["batch"] for r in rows}
-    if len(batches) == 1 and rows[0].get("batch_wall_s"):
+    if len(batches) == 1 and rows[0].get("batch_wall_s") and rows[0].get("batch_runs") == len(rows):
         return float(rows[0]["batch_wall_s"]), True
     return sum(r["seconds"] / r["jobs"] for r in rows), False
 
@@ -357,8 +359,10 @@ def notebook_markdown(rows: list[dict[str, Any]], profile: str = "quick") -> str
         lines.append(f"| {r['notebook']} | {r['seconds']:.1f} | {r['jobs']} | {r['allowed_s']:.0f} | "
                      f"{'yes' if r['within_budget'] else '**no**'} | {_sections_text(r['sections'])} | "
                      f"{r['batch']} |")
-    lines.append(f"| all ({how}) | {wall:.1f} | | {WORKBOOK_BUDGET_S:.0f} | "
-                 f"{'yes' if wall <= WORKBOOK_BUDGET_S else '**no**'} | | |")
+    missing = sorted(set(BUDGETS_S) - {r["notebook"].split("_", 1)[0] for r in rows})
+    verdict = ("yes" if wall <= WORKBOOK_BUDGET_S else "**no**") if not missing else \
+        f"not judged: no quick run of {', '.join(missing)}"
+    lines.append(f"| all ({how}) | {wall:.1f} | | {WORKBOOK_BUDGET_S:.0f} | {verdict} | | |")
     return "\n".join(lines) + "\n"
 
 

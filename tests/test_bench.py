@@ -142,7 +142,7 @@ def test_notebook_times_take_each_notebooks_newest_plain_quick_run(tmp_path):
     assert rows[1]["budget_s"] == bench.BUDGETS_S["03"] and rows[1]["within_budget"] == (70.0 <= bench.BUDGETS_S["03"])
     text = bench.notebook_markdown(rows)
     assert "| 03_finetune_cnn | 70.0 | 1 |" in text and "1 · Train 69.0 s" in text
-    assert "| all (estimated: " in text and "| 100.0 | | 600 |" in text  # two batches, one at a time: the sum
+    assert "| all (estimated: " in text and "| 100.0 | | 600 | not judged: no quick run of 00, 01, 04" in text
     assert sum(bench.BUDGETS_S.values()) <= bench.WORKBOOK_BUDGET_S  # the notebooks' budgets fit the workbook's
 
 
@@ -152,18 +152,24 @@ def test_notebook_budgets_scale_with_notebooks_at_a_time(tmp_path):
     import json
 
     share = bench.BUDGETS_S["02"]
-    runs = [{"name": stem, "notebook": stem, "status": "ok", "wall_s": seconds, "point": {}, "sections": []}
-            for stem, seconds in (("02_pretrain_transformer", 1.5 * share), ("03_finetune_cnn", 400.0))]
+    times = {key: 1.0 for key in bench.BUDGETS_S} | {"02": 1.5 * share, "03": 400.0}
+    runs = [{"name": f"{key}_nb", "notebook": f"{key}_nb", "status": "ok", "wall_s": seconds, "point": {},
+             "sections": []} for key, seconds in times.items()]
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "batch.json").write_text(json.dumps({"profile": "quick", "params": {}, "jobs": 2,
                                                            "wall_s": 590.0, "runs": runs}))
     rows = bench.notebook_times(tmp_path)
-    assert [r["allowed_s"] for r in rows] == [2 * share, 2 * bench.BUDGETS_S["03"]]
-    assert [r["within_budget"] for r in rows] == [True, False]  # 1.5x its share fits at 2 at a time; 400 s does not
+    by_key = {r["notebook"][:2]: r for r in rows}
+    assert [by_key[k]["allowed_s"] for k in ("02", "03")] == [2 * share, 2 * bench.BUDGETS_S["03"]]
+    assert [by_key[k]["within_budget"] for k in ("02", "03")] == [True, False]  # 1.5x its share fits at 2 at a time
     assert bench.workbook_wall(rows) == (590.0, True)
     assert "| all (the batch's wall time) | 590.0 | | 600 | yes |" in bench.notebook_markdown(rows)
-    rows[0]["batch_wall_s"] = 700.0
+    for row in rows:
+        row["batch_wall_s"] = 700.0
     assert "| 700.0 | | 600 | **no** |" in bench.notebook_markdown(rows)
+    for row in rows:  # a sweep ran each notebook twice: its wall time is not one workbook's
+        row["batch_runs"] = 2 * len(rows)
+    assert bench.workbook_wall(rows)[1] is False
 
 
 def test_notebooks_only_writes_the_table(tmp_path, monkeypatch, capsys):
