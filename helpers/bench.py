@@ -283,9 +283,14 @@ DEFAULT_BUDGET_S = 60.0
 NEUTRAL_PARAMS = ("seed", "threads", "device", "target_dataset")
 
 
+def notebook_key(notebook: str) -> str:
+    """The key of ``notebook`` (a stem such as ``03_finetune_cnn``) in :data:`BUDGETS_S`: ``"03"``."""
+    return notebook.split("_", 1)[0]
+
+
 def budget_s(notebook: str) -> float:
     """The quick budget of ``notebook`` (a stem such as ``03_finetune_cnn``), from :data:`BUDGETS_S`."""
-    return BUDGETS_S.get(notebook.split("_", 1)[0], DEFAULT_BUDGET_S)
+    return BUDGETS_S.get(notebook_key(notebook), DEFAULT_BUDGET_S)
 
 
 def notebook_times(runs: Path | None = None, profile: str = "quick") -> list[dict[str, Any]]:
@@ -359,7 +364,7 @@ def notebook_markdown(rows: list[dict[str, Any]], profile: str = "quick") -> str
         lines.append(f"| {r['notebook']} | {r['seconds']:.1f} | {r['jobs']} | {r['allowed_s']:.0f} | "
                      f"{'yes' if r['within_budget'] else '**no**'} | {_sections_text(r['sections'])} | "
                      f"{r['batch']} |")
-    missing = sorted(set(BUDGETS_S) - {r["notebook"].split("_", 1)[0] for r in rows})
+    missing = sorted(set(BUDGETS_S) - {notebook_key(r["notebook"]) for r in rows})
     verdict = ("yes" if wall <= WORKBOOK_BUDGET_S else "**no**") if not missing else \
         f"not judged: no quick run of {', '.join(missing)}"
     lines.append(f"| all ({how}) | {wall:.1f} | | {WORKBOOK_BUDGET_S:.0f} | {verdict} | | |")
